@@ -1,0 +1,253 @@
+"""Class-folder datasets: discovery, decoding with a cache, skipped-file report, stratified split.
+
+Two layouts are accepted::
+
+    DATA_DIR/<class>/*.jpg                      split into train/val with --val-split
+    DATA_DIR/{train,val[,test]}/<class>/*.jpg   used as given
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeft.data.images import ImageDecodeError, decode_image
+from edgeft.errors import DatasetError, UsageError
+from edgeft.progress import track
+from edgeft.run.rundir import Sample
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file that was not used, with the reason."""
+
+    path: str
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class LoadedSplit:
+    """Decoded images of one split: ``images`` is (N, size, size, 3) uint8, ``labels`` (N,) int32."""
+
+    samples: tuple[Sample, ...]
+    images: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class DatasetIndex:
+    """What was found in a data directory."""
+
+    root: Path
+    layout: str  # "class_folders" or "split_folders"
+    class_names: tuple[str, ...]
+    skipped: tuple[SkippedFile, ...]
+    content_hash: str
+
+    def report(self, splits: dict[str, LoadedSplit]) -> dict[str, Any]:
+        """The data report stored in the run manifest."""
+        counts = {
+            name: {self.class_names[c]: int(n) for c, n in sorted(Counter(split.labels.tolist()).items())}
+            for name, split in splits.items()
+        }
+        return {
+            "layout": self.layout,
+            "content_hash": self.content_hash,
+            "counts": counts,
+            "total_used": int(sum(len(s.samples) for s in splits.values())),
+            "skipped_by_reason": dict(Counter(s.reason for s in self.skipped)),
+            "skipped": [{"path": s.path, "reason": s.reason, "detail": s.detail} for s in self.skipped],
+        }
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _files_under(folder: Path) -> list[Path]:
+    files = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        files.extend(Path(dirpath) / name for name in sorted(filenames) if not name.startswith("."))
+    return files
+
+
+def _content_hash(files: list[Path], root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        digest.update(str(path.relative_to(root)).encode())
+        try:
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError:
+            digest.update(b"<unreadable>")
+    return digest.hexdigest()
+
+
+def cache_dir() -> Path:
+    """Where decoded images are cached (``$EDGEFT_CACHE_DIR``, else ``~/.cache/edgeft``)."""
+    return Path(os.environ.get("EDGEFT_CACHE_DIR") or Path.home() / ".cache" / "edgeft")
+
+
+def _decode_key(files: list[Path], size: int) -> str:
+    digest = hashlib.sha256(f"decode-v1 size={size}".encode())
+    for path in files:
+        try:
+            stat = path.stat()
+            digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{path}|missing\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def decode_files(files: list[Path], size: int, label: str = "decoding images") -> tuple[np.ndarray, list[tuple[str, str] | None]]:
+    """Decode ``files`` to (N, size, size, 3) uint8, with a per-file failure ``(reason, detail)`` or None.
+
+    Results are cached on disk by file identity (path, size, mtime) and image size, so a
+    second training, evaluation or calibration on the same files does not decode again.
+    """
+    key = _decode_key(files, size)
+    cache_file = cache_dir() / "decoded" / f"{key}.npz"
+    if cache_file.is_file():
+        try:
+            with np.load(cache_file, allow_pickle=False) as cached:
+                images = cached["images"]
+                reasons = cached["reasons"].tolist()
+                details = cached["details"].tolist()
+            failures = [None if not r else (r, d) for r, d in zip(reasons, details)]
+            if len(failures) == len(files):
+                return images, failures
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache entry is simply rebuilt
+    images = np.zeros((len(files), size, size, 3), dtype=np.uint8)
+    failures: list[tuple[str, str] | None] = []
+    for index, path in track(enumerate(files), len(files), label):
+        try:
+            images[index] = decode_image(path, size)
+            failures.append(None)
+        except ImageDecodeError as error:
+            failures.append((error.reason.value, error.detail[:200]))
+    try:
+        from edgeft.fileio import atomic_path
+
+        with atomic_path(cache_file) as temp:
+            with open(temp, "wb") as handle:
+                np.savez(
+                    handle,
+                    images=images,
+                    reasons=np.array([f[0] if f else "" for f in failures], dtype=str),
+                    details=np.array([f[1] if f else "" for f in failures], dtype=str),
+                )
+    except OSError:
+        pass  # caching is an optimisation; a read-only home must not stop training
+    return images, failures
+
+
+def _stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    train_idx: list[int] = []
+    val_idx: list[int] = []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        rng.shuffle(members)
+        n_val = int(round(len(members) * fraction))
+        if len(members) >= 2:
+            n_val = min(max(n_val, 1), len(members) - 1)
+        else:
+            n_val = 0
+        val_idx.extend(members[:n_val].tolist())
+        train_idx.extend(members[n_val:].tolist())
+    return np.array(sorted(train_idx), dtype=np.int64), np.array(sorted(val_idx), dtype=np.int64)
+
+
+def load_dataset(
+    data_dir: Path, image_size: int, val_split: float = 0.2, seed: int = 0
+) -> tuple[DatasetIndex, dict[str, LoadedSplit]]:
+    """Find, decode and split the images in ``data_dir``.
+
+    Unusable files are skipped and reported; fewer than two classes or a class without a
+    usable training image raises :class:`DatasetError` naming the folder.
+    """
+    root = Path(data_dir).expanduser().resolve()
+    if not root.is_dir():
+        raise DatasetError(f"data directory not found: {data_dir}")
+    if not 0.0 < val_split < 1.0:
+        raise UsageError(f"--val-split must be between 0 and 1, got {val_split}")
+    has_split_folders = (root / "train").is_dir() and (root / "val").is_dir()
+    layout = "split_folders" if has_split_folders else "class_folders"
+    source_splits = [s for s in SPLIT_NAMES if (root / s).is_dir()] if has_split_folders else ["all"]
+    class_root = root / "train" if has_split_folders else root
+    class_names = tuple(d.name for d in _class_dirs(class_root))
+    if len(class_names) < 2:
+        raise DatasetError(
+            f"need at least 2 class folders in {class_root}, found {len(class_names)}"
+            + (f" ({class_names[0]})" if class_names else "")
+        )
+
+    listed: dict[str, list[tuple[Path, int]]] = {}
+    for split in source_splits:
+        split_root = root if split == "all" else root / split
+        entries: list[tuple[Path, int]] = []
+        for label, name in enumerate(class_names):
+            folder = split_root / name
+            if folder.is_dir():
+                entries.extend((path, label) for path in _files_under(folder))
+            elif split == "train" or split == "all":
+                raise DatasetError(f"class folder missing: {folder}")
+        extra = sorted(set(d.name for d in _class_dirs(split_root)) - set(class_names))
+        if extra:
+            raise DatasetError(f"{split_root} has class folders not in {class_root}: {', '.join(extra)}")
+        listed[split] = entries
+
+    all_files = [path for entries in listed.values() for path, _ in entries]
+    content_hash = _content_hash(all_files, root)
+    skipped: list[SkippedFile] = []
+    decoded: dict[str, LoadedSplit] = {}
+    for split, entries in listed.items():
+        files = [path for path, _ in entries]
+        images, failures = decode_files(files, image_size, label=f"decoding {split} images")
+        keep = [i for i, failure in enumerate(failures) if failure is None]
+        for (path, _), failure in zip(entries, failures):
+            if failure is not None:
+                skipped.append(SkippedFile(str(path.relative_to(root)), failure[0], failure[1]))
+        labels = np.array([entries[i][1] for i in keep], dtype=np.int32)
+        samples = tuple(Sample(str(entries[i][0]), int(entries[i][1])) for i in keep)
+        decoded[split] = LoadedSplit(samples, images[keep], labels)
+
+    training = decoded["train" if has_split_folders else "all"]
+    present = set(training.labels.tolist())
+    for label, name in enumerate(class_names):
+        if label not in present:
+            raise DatasetError(f"class '{name}' has no usable image in {class_root / name}")
+
+    if not has_split_folders:
+        train_idx, val_idx = _stratified_split(training.labels, val_split, seed)
+        decoded = {"train": _subset(training, train_idx), "val": _subset(training, val_idx)}
+    if len(decoded["val"].samples) == 0:
+        raise DatasetError(f"no usable validation image in {root / 'val' if has_split_folders else root}")
+
+    index = DatasetIndex(root, layout, class_names, tuple(skipped), content_hash)
+    return index, decoded
+
+
+def _subset(split: LoadedSplit, indices: np.ndarray) -> LoadedSplit:
+    return LoadedSplit(tuple(split.samples[i] for i in indices), split.images[indices], split.labels[indices])
+
+
+def load_samples(samples: tuple[Sample, ...] | list[Sample], image_size: int, label: str = "decoding images") -> LoadedSplit:
+    """Decode the recorded samples of a run's split (files that fail now are dropped)."""
+    files = [Path(s.path) for s in samples]
+    images, failures = decode_files(files, image_size, label=label)
+    keep = [i for i, failure in enumerate(failures) if failure is None]
+    kept = tuple(samples[i] for i in keep)
+    return LoadedSplit(kept, images[keep], np.array([s.label for s in kept], dtype=np.int32))

@@ -1,0 +1,97 @@
+"""Every error edgeft raises on purpose.
+
+Each one carries a one-line message that says what went wrong and what to do, and
+the process exit code the CLI uses for it. The CLI prints ``error: <message>`` and
+exits; it never shows a traceback for these.
+"""
+
+from __future__ import annotations
+
+
+class EdgeftError(Exception):
+    """Base class: a user-facing failure with a one-line message."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(EdgeftError):
+    """An option or combination of options that cannot work."""
+
+    exit_code = 2
+
+
+class DatasetError(EdgeftError):
+    """The data directory cannot be used (missing, fewer than two classes, empty class)."""
+
+    exit_code = 2
+
+
+class WeightsNotFoundError(EdgeftError):
+    """Pretrained weights were asked for but are neither local nor downloadable."""
+
+    exit_code = 3
+
+
+class UnknownBackboneError(UsageError):
+    """The backbone name is not in the registry."""
+
+
+class RunDirError(EdgeftError):
+    """A run directory is missing, incomplete, corrupted, or would be overwritten."""
+
+    exit_code = 2
+
+
+class MissingDependencyError(EdgeftError):
+    """An optional dependency needed for this command is not installed."""
+
+    exit_code = 3
+
+
+class AccuracyTargetError(EdgeftError):
+    """A run finished but missed an accuracy bar it was asked to meet."""
+
+    exit_code = 4
+
+
+class QuantizationError(EdgeftError):
+    """A model (or one of its layers) cannot be quantized as asked."""
+
+    exit_code = 2
+
+
+class CalibrationError(EdgeftError):
+    """No usable calibration data for post-training integer quantization."""
+
+    exit_code = 2
+
+
+class ExportError(EdgeftError):
+    """A conversion to a deployment format failed."""
+
+    exit_code = 5
+
+
+class OutputMatchError(EdgeftError):
+    """An exported artifact lost more accuracy against Keras than allowed (--max-drop)."""
+
+    exit_code = 6
+
+
+class ModelFileError(EdgeftError):
+    """A model file is missing, corrupted, or cannot be loaded by the runtime."""
+
+    exit_code = 2
+
+
+class TargetError(EdgeftError):
+    """A benchmark target is unknown, unreachable, or failed."""
+
+    exit_code = 7

@@ -1,0 +1,72 @@
+"""Atomic file writing: every artifact is written under a temporary name and renamed when complete.
+
+A crash or Ctrl-C therefore leaves either the previous file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling path of ``final``; rename it onto ``final`` if the block succeeds.
+
+    The temporary name keeps the final suffix (``model.keras`` -> ``.model.keras.partial.keras``'s
+    stem-safe form) because some writers (Keras, h5py) choose the format from the extension.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temp = final.with_name(f".{final.stem}.partial-{os.getpid()}{final.suffix}")
+    if temp.exists():
+        _remove(temp)
+    try:
+        yield temp
+        os.replace(temp, final)
+    finally:
+        if temp.exists():
+            _remove(temp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as temp:
+        with open(temp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write ``payload`` as indented JSON to ``path`` atomically."""
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "value"):
+        return value.value
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")

@@ -1,0 +1,23 @@
+"""The run directory: the contract between finetune, qat, evaluate, export and bench."""
+
+from edgeft.run.rundir import (
+    HISTORY_FILE,
+    LABELS_FILE,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    RunDir,
+    RunManifest,
+    Sample,
+)
+
+__all__ = [
+    "HISTORY_FILE",
+    "LABELS_FILE",
+    "MANIFEST_FILE",
+    "METRICS_FILE",
+    "MODEL_FILE",
+    "RunDir",
+    "RunManifest",
+    "Sample",
+]

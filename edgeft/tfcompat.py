@@ -1,0 +1,92 @@
+"""The single place that imports TensorFlow and Keras 2 (tf-keras).
+
+tfmot's quantization-aware training works only with Keras 2, so edgeft always uses
+``tf_keras`` and sets ``TF_USE_LEGACY_KERAS=1`` before TensorFlow is first imported.
+Everything that needs TensorFlow calls :func:`tf` / :func:`keras` from here, inside functions.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from edgeft.errors import MissingDependencyError, ModelFileError
+
+_INSTALL_HINT = "install the training stack: pip install 'edgeft[train]'"
+
+
+def _prepare_environment() -> None:
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def tf() -> ModuleType:
+    """Import and return TensorFlow."""
+    _prepare_environment()
+    try:
+        import tensorflow
+    except ImportError:
+        raise MissingDependencyError(f"TensorFlow is not installed; {_INSTALL_HINT}") from None
+    return tensorflow
+
+
+def keras() -> ModuleType:
+    """Import and return tf-keras (Keras 2)."""
+    tf()
+    try:
+        import tf_keras
+    except ImportError:
+        raise MissingDependencyError(f"tf-keras is not installed; {_INSTALL_HINT}") from None
+    return tf_keras
+
+
+def custom_objects() -> dict[str, Any]:
+    """Custom layers and configs that edgeft's saved models may contain."""
+    objects: dict[str, Any] = {}
+    try:
+        from edgeft.quantization import keras_custom_objects  # type: ignore[attr-defined]
+
+        objects.update(keras_custom_objects())
+    except ImportError:
+        pass
+    return objects
+
+
+def load_keras_model(path: Path) -> Any:
+    """Load a Keras model saved by edgeft, raising :class:`ModelFileError` when it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file not found: {path}")
+    k = keras()
+    scope: Any
+    try:
+        import tensorflow_model_optimization as tfmot
+
+        scope = tfmot.quantization.keras.quantize_scope(custom_objects())
+    except ImportError:
+        scope = k.utils.custom_object_scope(custom_objects())
+    try:
+        with scope:
+            return k.models.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many types for a corrupted file
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelFileError(f"cannot load Keras model {path}: {first_line[:200]}") from None
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape a trained or exported model."""
+    from importlib import metadata
+
+    versions: dict[str, str] = {}
+    for name in ("edgeft", "tensorflow", "tf-keras", "tensorflow-model-optimization", "numpy", "onnx",
+                 "onnxruntime", "tf2onnx", "ai-edge-litert", "pillow"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    import platform
+
+    versions["python"] = platform.python_version()
+    return versions
