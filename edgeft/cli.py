@@ -123,6 +123,121 @@ def demo(out_dir: Path, as_json: bool) -> None:
         _emit_json(summary)
 
 
+# =========================================================================== bench / targets / doctor
+def _ssh_options(ssh_config: Path | None, accept_new_host_key: bool, connect_timeout: int,
+                 remote_tmpdir: str, python: str | None) -> Any:
+    from edgeft.bench.config import HostKeyPolicy, SshOptions
+
+    return SshOptions(config_file=ssh_config,
+                      host_key_policy=HostKeyPolicy.ACCEPT_NEW if accept_new_host_key else HostKeyPolicy.STRICT,
+                      connect_timeout_s=connect_timeout, remote_tmpdir=remote_tmpdir, python=python)
+
+
+def _ssh_click_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--ssh-config", type=click.Path(path_type=Path), default=None,
+                     help="ssh config file passed as `ssh -F` [your ~/.ssh/config]."),
+        click.option("--accept-new-host-key", is_flag=True,
+                     help="Record the host key of a device never seen before (a changed key is still refused)."),
+        click.option("--connect-timeout", type=int, default=10, show_default=True, help="SSH connect timeout (s)."),
+        click.option("--remote-tmpdir", default="/tmp", show_default=True,
+                     help="Where the device's temporary run directory is made."),
+        click.option("--python", "python", default=None,
+                     help="Python on the device [profile's; ~/.edgeft/venv/bin/python if present; python3]."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@cli.command()
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--target", "targets", multiple=True, default=("local",), show_default=True,
+              help="local, a profile (`edgeft targets`), [user@]host[:port] or an ssh alias, or a fleet file; repeatable.")
+@click.option("--runs", type=int, default=None, help="Timed invocations per artifact and thread count [50].")
+@click.option("--duration", "duration_s", type=float, default=None, help="Time each artifact for S seconds instead.")
+@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed invocations first.")
+@click.option("--threads", default=None, help="Thread counts, e.g. 1,2,4 [the profile's].")
+@click.option("--eval", "eval_source", type=click.Path(path_type=Path), default=None,
+              help="Labelled evaluation set: a run directory (its val split), class folders, or an .npz.")
+@click.option("--eval-limit", type=int, default=None, help="Use at most N evaluation images.")
+@click.option("--timeout", "timeout_s", type=float, default=1800.0, show_default=True,
+              help="Give up on a target after S seconds.")
+@_ssh_click_options
+@click.option("--json", "as_json", is_flag=True, help="Print bench.json on stdout.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="BENCH_DIR to write.")
+def bench(artifacts: tuple[Path, ...], targets: tuple[str, ...], threads: str | None, as_json: bool,
+          ssh_config: Path | None, accept_new_host_key: bool, connect_timeout: int, remote_tmpdir: str,
+          python: str | None, **options: Any) -> None:
+    """Measure latency, accuracy and memory of ARTIFACT files or EXPORT_DIRs on the device itself."""
+    from edgeft.bench import BenchConfig, main_bench
+    from edgeft.errors import UsageError
+
+    try:
+        thread_counts = tuple(int(t) for t in _csv_list(threads)) or None
+    except ValueError:
+        raise UsageError(f"--threads takes integers separated by commas, e.g. 1,2,4 (got {threads!r})") from None
+    config = BenchConfig(artifacts=tuple(artifacts), targets=tuple(targets), threads=thread_counts,
+                         ssh=_ssh_options(ssh_config, accept_new_host_key, connect_timeout, remote_tmpdir, python),
+                         **options)
+    summary = main_bench(config)
+    if as_json:
+        _emit_json(summary)
+    else:
+        click.echo((Path(config.out_dir) / "bench.md").read_text("utf-8"), nl=False)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def targets(as_json: bool) -> None:
+    """List the target profiles (connection defaults, runtime, delegate, threads)."""
+    from edgeft.bench import list_targets
+
+    rows = list_targets()
+    if as_json:
+        _emit_json(rows)
+        return
+    for row in rows:
+        where = "this computer" if row["kind"] == "local" else f"{row['user']}@{row['host']}"
+        threads = ",".join(str(t) for t in row["threads"])
+        click.echo(f"{row['name']:<16} {where:<26} delegate {row['delegate']:<8} threads {threads:<7} "
+                   f"{row['description']}")
+
+
+@cli.command()
+@click.argument("artifacts", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--target", required=True, help="local, a profile, or [user@]host[:port].")
+@click.option("--install", is_flag=True, help="Install what is missing into a venv in the device user's home.")
+@_ssh_click_options
+@click.option("--json", "as_json", is_flag=True)
+def doctor(artifacts: tuple[Path, ...], target: str, install: bool, as_json: bool, ssh_config: Path | None,
+           accept_new_host_key: bool, connect_timeout: int, remote_tmpdir: str, python: str | None) -> None:
+    """Check a device before a run: Python, numpy, interpreters, Edge TPU, CPU, memory; print fixes."""
+    from edgeft.bench import DoctorConfig, main_doctor
+
+    config = DoctorConfig(target=target, artifacts=tuple(artifacts), install=install,
+                          ssh=_ssh_options(ssh_config, accept_new_host_key, connect_timeout, remote_tmpdir, python))
+    report = main_doctor(config)
+    if as_json:
+        _emit_json(report)
+    else:
+        facts = report["facts"]
+        runtimes = ", ".join(f"{r['name']} {r['version']}" for r in facts.get("tflite_runtimes", [])) or "none"
+        click.echo(f"target      {report['target']}")
+        click.echo(f"python      {facts.get('python')} ({facts.get('python_command')})")
+        click.echo(f"numpy       {facts.get('numpy') or 'missing'}")
+        click.echo(f"tflite      {runtimes}")
+        click.echo(f"onnxruntime {facts.get('onnxruntime') or 'missing'}")
+        click.echo(f"edgetpu     {'present' if facts.get('edgetpu_library') else 'missing'}")
+        click.echo(f"cpu         {facts.get('cpu_model')} x{facts.get('cores')} ({facts.get('machine')}), "
+                   f"governor {facts.get('governor') or '-'}")
+        click.echo(f"memory      {facts.get('mem_available_mb')} MiB free; temperatures {facts.get('temperatures_c')}")
+        for problem in report["problems"]:
+            click.echo(f"missing: {problem['problem']}\n  fix: {problem['fix']}")
+        if report["ok"]:
+            click.echo("ok: ready to run edgeft bench")
+
+
 # --------------------------------------------------------------------------- entry point
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the CLI, turning edgeft errors into one line and an exit code."""

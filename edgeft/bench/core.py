@@ -1,0 +1,249 @@
+"""``edgeft bench``: push runner, models and an evaluation set to each target, run, pull the JSON back."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeft.bench.config import BenchConfig, SshOptions
+from edgeft.bench.profiles import runner_path
+from edgeft.bench.targets import ResolvedTarget, resolve_targets
+from edgeft.errors import DatasetError, ModelFileError, TargetError, UsageError
+from edgeft.progress import log
+
+MODEL_SUFFIXES = (".tflite", ".onnx")
+# The order the export step writes them in (other names follow, sorted).
+EXPORT_ORDER = ("model_float32.tflite", "model_float16.tflite", "model_dynamic_range.tflite", "model_int8.tflite",
+                "model_int8_edgetpu.tflite", "model_float32.onnx", "model_int8.onnx")
+
+
+def expand_artifacts(paths: tuple[Path, ...] | list[Path]) -> list[Path]:
+    """Model files named directly, and the ``.tflite``/``.onnx`` files of each export directory."""
+    result: list[Path] = []
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            found = [p for p in path.iterdir() if p.is_file() and p.suffix in MODEL_SUFFIXES]
+            if not found:
+                raise ModelFileError(f"no .tflite or .onnx model in {path} (make them with `edgeft export`)")
+            rank = {name: i for i, name in enumerate(EXPORT_ORDER)}
+            result.extend(sorted(found, key=lambda p: (rank.get(p.name, len(rank)), p.name)))
+        elif path.is_file():
+            if path.suffix not in MODEL_SUFFIXES:
+                raise ModelFileError(f"not a model file: {path} (edgeft bench takes .tflite and .onnx files)")
+            result.append(path)
+        else:
+            raise ModelFileError(f"model file or export directory not found: {path}")
+    if not result:
+        raise UsageError("no artifact given: pass model files or an export directory")
+    seen: set[Path] = set()
+    return [p for p in result if not (p.resolve() in seen or seen.add(p.resolve()))]
+
+
+def read_sidecar(model: Path) -> dict[str, Any] | None:
+    """The ``<model file>.json`` next to a model (labels, input_size, preprocessing, input quantization)."""
+    sidecar = model.with_name(model.name + ".json")
+    if not sidecar.is_file():
+        return None
+    try:
+        data = json.loads(sidecar.read_text("utf-8"))
+    except (OSError, ValueError) as error:
+        raise ModelFileError(f"corrupted sidecar {sidecar}: {error}") from None
+    if not isinstance(data, dict):
+        raise ModelFileError(f"corrupted sidecar {sidecar}: expected a JSON object")
+    return data
+
+
+def model_input_size(model: Path, sidecar: dict[str, Any] | None) -> int:
+    """The square input size: from the sidecar, else from the model itself, else 224."""
+    if sidecar:
+        size = sidecar.get("input_size") or sidecar.get("image_size")
+        if isinstance(size, (list, tuple)):
+            size = size[0]
+        if size:
+            return int(size)
+    try:
+        from edgeft.bench.profiles import runner_module
+
+        return int(runner_module().LoadedModel(str(model)).input_size[0])
+    except Exception:
+        return 224
+
+
+# ----------------------------------------------------------------------------- evaluation sets
+def load_eval_set(source: Path, size: int, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """uint8 images (N, size, size, 3), int labels and class names from an .npz, a run directory, or class folders."""
+    source = Path(source)
+    if source.is_file() and source.suffix == ".npz":
+        try:
+            with np.load(source, allow_pickle=False) as data:
+                images = np.asarray(data["images"])
+                labels = np.asarray(data["labels"]).astype(np.int64)
+                names = [str(n) for n in data["class_names"]] if "class_names" in data.files else []
+        except (OSError, ValueError, KeyError) as error:
+            raise DatasetError(f"cannot read evaluation set {source}: {error} (need arrays images, labels)") from None
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or len(images) != len(labels):
+            raise DatasetError(f"evaluation set {source}: images must be uint8 (N, H, W, 3) with N labels")
+        if images.shape[1] != size or images.shape[2] != size:
+            from edgeft.bench.profiles import runner_module
+
+            images = runner_module().resize_images(images, size, size)
+    elif (source / "edgeft.json").is_file():
+        from edgeft.data import load_samples
+        from edgeft.run.rundir import RunDir
+
+        run = RunDir.open(source)
+        samples = run.samples("val")[: limit or None]
+        split = load_samples(samples, size, label="decoding evaluation images")
+        images, labels, names = split.images, split.labels.astype(np.int64), list(run.manifest.class_names)
+    elif source.is_dir():
+        from edgeft.data.dataset import decode_files
+        from edgeft.data.images import IMAGE_SUFFIXES
+
+        names = sorted(d.name for d in source.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if not names:
+            raise DatasetError(f"evaluation folder {source} has no class folders")
+        files, file_labels = [], []
+        for label, name in enumerate(names):
+            for path in sorted((source / name).rglob("*")):
+                if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+                    files.append(path)
+                    file_labels.append(label)
+        if limit:
+            files, file_labels = files[:limit], file_labels[:limit]
+        decoded, failures = decode_files(files, size, label="decoding evaluation images")
+        keep = [i for i, failure in enumerate(failures) if failure is None]
+        images = decoded[keep]
+        labels = np.array([file_labels[i] for i in keep], dtype=np.int64)
+    else:
+        raise DatasetError(f"evaluation set not found: {source} (an .npz, a run directory, or class folders)")
+    if limit:
+        images, labels = images[:limit], labels[:limit]
+    if len(labels) == 0:
+        raise DatasetError(f"evaluation set {source} has no usable image")
+    return np.ascontiguousarray(images, dtype=np.uint8), labels, names
+
+
+def write_eval_npz(path: Path, images: np.ndarray, labels: np.ndarray, names: list[str]) -> None:
+    """The file pushed to the device: plain arrays only (read with allow_pickle=False)."""
+    np.savez(path, images=images, labels=labels.astype(np.int64), class_names=np.array(names, dtype=np.str_))
+
+
+# ----------------------------------------------------------------------------- one target
+def _stage(config: BenchConfig, artifacts: list[Path], workdir: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Files to push and the runner's spec (relative file names)."""
+    files: dict[str, Path] = {"runner.py": runner_path()}
+    models = []
+    eval_files: dict[int, str] = {}
+    for index, artifact in enumerate(artifacts):
+        sidecar = read_sidecar(artifact)
+        remote_name = f"m{index}_{artifact.name}"
+        files[remote_name] = artifact
+        entry: dict[str, Any] = {"name": artifact.name, "file": remote_name, "sidecar": sidecar}
+        if config.eval_source is not None:
+            size = model_input_size(artifact, sidecar)
+            if size not in eval_files:
+                images, labels, names = load_eval_set(config.eval_source, size, config.eval_limit)
+                npz = workdir / f"eval_{size}.npz"
+                write_eval_npz(npz, images, labels, names)
+                eval_files[size] = npz.name
+                files[npz.name] = npz
+            entry["eval"] = eval_files[size]
+        models.append(entry)
+    spec = {"models": models, "runs": config.runs, "duration": config.duration_s, "warmup": config.warmup}
+    return files, spec
+
+
+def run_target(target: ResolvedTarget, config: BenchConfig, files: dict[str, Path], spec: dict[str, Any],
+               workdir: Path) -> dict[str, Any]:
+    """Run the runner on one target; always removes the remote directory. Returns the runner's document."""
+    profile = target.profile
+    threads = list(config.threads or (profile.threads if profile else (1,)))
+    spec = dict(spec, threads=threads, runtime=profile.tflite_runtime if profile else "auto")
+    for model in spec["models"]:
+        if profile and profile.delegate == "edgetpu" and model["name"].endswith("_edgetpu.tflite"):
+            model["delegate"] = "edgetpu"
+    spec_path = workdir / f"spec-{abs(hash(target.name))}.json"
+    spec_path.write_text(json.dumps(spec), "utf-8")
+    transport = target.transport
+    remote_dir, python = transport.prepare(config.ssh.remote_tmpdir, target.python)
+    try:
+        transport.push(dict(files, **{"spec.json": spec_path}), remote_dir)
+        argv = [python, f"{remote_dir}/runner.py", "bench", "--spec", f"{remote_dir}/spec.json",
+                "--cleanup", remote_dir, "--watch-stdin"]
+        out = transport.run(argv, config.timeout_s, keep_stdin_open=True)
+    finally:
+        transport.remove(remote_dir)
+    try:
+        document = json.loads(out)
+    except ValueError:
+        raise TargetError(f"target {target.name}: the runner printed no JSON: {out.strip()[-200:] or '(nothing)'}") from None
+    if "error" in document and "rows" not in document:
+        raise TargetError(f"target {target.name}: {document['error']}")
+    return document
+
+
+# ----------------------------------------------------------------------------- main
+def main_bench(config: BenchConfig) -> dict[str, Any]:
+    """Benchmark every artifact on every target; write BENCH_DIR; return the summary.
+
+    Rows measured before a failure are written; any failure then raises :class:`TargetError` (exit 7).
+    """
+    from edgeft.bench.report import build_rows, write_reports
+
+    if config.runs is not None and config.duration_s is not None:
+        raise UsageError("--runs and --duration are exclusive: give one")
+    if config.runs is not None and config.runs < 1:
+        raise UsageError("--runs must be at least 1")
+    if config.duration_s is not None and config.duration_s <= 0:
+        raise UsageError("--duration must be positive")
+    if config.warmup < 0:
+        raise UsageError("--warmup must be 0 or more")
+    if config.threads is not None and any(t < 1 for t in config.threads):
+        raise UsageError("--threads must list positive integers, e.g. 1,2,4")
+    artifacts = expand_artifacts(config.artifacts)
+    targets = resolve_targets(config.targets, config.ssh)
+    started = time.time()
+    workdir = Path(tempfile.mkdtemp(prefix="edgeft-bench-stage."))
+    results: dict[str, dict[str, Any]] = {}
+    errors: dict[str, str] = {}
+    try:
+        files, spec = _stage(config, artifacts, workdir)
+
+        def one(target: ResolvedTarget) -> tuple[str, dict[str, Any] | None, str | None]:
+            log(f"bench: {target.name}: {len(artifacts)} artifact(s)")
+            try:
+                return target.name, run_target(target, config, files, spec, workdir), None
+            except TargetError as error:
+                return target.name, None, error.message
+
+        with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
+            for name, document, error in pool.map(one, targets):
+                if document is not None:
+                    results[name] = document
+                if error is not None:
+                    errors[name] = error
+                    log(f"bench: {error}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    rows, warnings = build_rows(targets, artifacts, results, errors)
+    summary = write_reports(config, rows, targets, results, errors, warnings, started)
+    failed = [row for row in rows if row.get("error")]
+    if errors or failed:
+        first = next(iter(errors.values()), None) or f"{failed[0]['artifact']} on {failed[0]['target']}: {failed[0]['error']}"
+        count = len(errors) + len([r for r in failed if r["target"] not in errors])
+        more = f" (+{count - 1} more failure(s))" if count > 1 else ""
+        raise TargetError(f"{first}{more}; measured results written to {config.out_dir / 'bench.json'}")
+    return summary
+
+
+def default_ssh_options() -> SshOptions:
+    """SSH options with edgeft's defaults (strict host keys, 10 s connect timeout)."""
+    return SshOptions()

@@ -1,0 +1,193 @@
+"""Target profiles: the TOML files shipped in ``edgeft.targets`` (the repository's ``targets/``)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeft.errors import TargetError
+
+PROFILE_NAMES = ("local", "rpi4", "rpi5", "coral-usb", "coral-devboard")
+
+
+def targets_dir() -> Path:
+    """The folder holding ``runner.py`` and the profiles, in a source checkout or an installed wheel."""
+    try:
+        import edgeft.targets as package
+
+        folder = Path(package.__file__).resolve().parent
+        if (folder / "runner.py").is_file():
+            return folder
+    except ImportError:
+        pass
+    folder = Path(__file__).resolve().parents[2] / "targets"
+    if (folder / "runner.py").is_file():
+        return folder
+    raise TargetError("edgeft's targets/ folder (runner.py, profiles) is missing from this install; reinstall edgeft")
+
+
+def runner_module() -> Any:
+    """The runner as a module (``edgeft.targets.runner`` when installed, else loaded from ``targets/runner.py``)."""
+    import importlib.util
+    import sys
+
+    try:
+        from edgeft.targets import runner
+
+        return runner
+    except ImportError:
+        pass
+    name = "edgeft_targets_runner"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, runner_path())
+    if spec is None or spec.loader is None:
+        raise TargetError("cannot load edgeft's runner.py; reinstall edgeft")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def runner_path() -> Path:
+    """The on-device runner script that the host copies to the device."""
+    return targets_dir() / "runner.py"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One target profile: connection defaults, runtime and delegate, threads, install lines."""
+
+    name: str
+    description: str
+    kind: str  # "local" or "ssh"
+    emulated: bool
+    host: str | None
+    user: str | None
+    port: int | None
+    python: str
+    tflite_runtime: str
+    delegate: str
+    threads: tuple[int, ...]
+    venv: str
+    install: dict[str, str] = field(default_factory=dict)
+    system_install: str | None = None
+    path: str = ""
+
+    def pip_line(self, python_version: str) -> str | None:
+        """The pip arguments for this device's Python (``"3.11.2"`` -> the ``"3.11"`` line)."""
+        short = ".".join(python_version.split(".")[:2])
+        return self.install.get(short)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "description": self.description, "kind": self.kind,
+            "host": self.host, "user": self.user, "port": self.port, "python": self.python,
+            "runtime": self.tflite_runtime, "delegate": self.delegate, "threads": list(self.threads),
+            "install": dict(self.install), "system_install": self.system_install, "path": self.path,
+        }
+
+
+def parse_toml(text: str) -> dict[str, Any]:
+    """Parse TOML with tomllib (3.11+), or a tiny fallback for the subset the profiles use (3.10)."""
+    try:
+        import tomllib
+
+        return tomllib.loads(text)
+    except ImportError:
+        return _parse_toml_subset(text)
+
+
+_KEY = r'(?:"([^"]+)"|([A-Za-z0-9_\-]+))'
+
+
+def _parse_toml_subset(text: str) -> dict[str, Any]:
+    """Tables (``[a]``, ``[[a]]``), ``key = value`` with strings, numbers, booleans and flat arrays."""
+    import ast
+
+    root: dict[str, Any] = {}
+    current = root
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = _strip_comment(raw).strip()
+        if not line:
+            continue
+        if line.startswith("[["):
+            name = line.strip("[] ")
+            current = {}
+            root.setdefault(name, []).append(current)
+            continue
+        if line.startswith("["):
+            current = root.setdefault(line.strip("[] "), {})
+            continue
+        match = re.match(_KEY + r"\s*=\s*(.+)$", line)
+        if not match:
+            raise ValueError(f"line {number}: cannot parse {raw!r}")
+        key = match.group(1) or match.group(2)
+        value = match.group(3).strip()
+        lowered = value.replace("true", "True").replace("false", "False")
+        if value.startswith("'") and value.endswith("'"):
+            current[key] = value[1:-1]
+        else:
+            current[key] = ast.literal_eval(lowered if not value.startswith('"') else value)
+    return root
+
+
+def _strip_comment(line: str) -> str:
+    quote = None
+    for i, char in enumerate(line):
+        if quote:
+            if char == quote:
+                quote = None
+        elif char in "\"'":
+            quote = char
+        elif char == "#":
+            return line[:i]
+    return line
+
+
+def load_profile_file(path: Path) -> Profile:
+    """Read one profile TOML file."""
+    try:
+        data = parse_toml(Path(path).read_text("utf-8"))
+    except (OSError, ValueError, SyntaxError) as error:
+        raise TargetError(f"cannot read target profile {path}: {error}") from None
+    connection = data.get("connection", {})
+    runtime = data.get("runtime", {})
+    install = dict(data.get("install", {}))
+    venv = str(install.pop("venv", "~/.edgeft/venv"))
+    system = install.pop("system", None)
+    return Profile(
+        name=str(data.get("name", Path(path).stem)),
+        description=str(data.get("description", "")),
+        kind=str(data.get("kind", "ssh")),
+        emulated=bool(data.get("emulated", False)),
+        host=connection.get("host"),
+        user=connection.get("user"),
+        port=int(connection["port"]) if connection.get("port") else None,
+        python=str(connection.get("python", "python3")),
+        tflite_runtime=str(runtime.get("tflite", "auto")),
+        delegate=str(runtime.get("delegate", "none")),
+        threads=tuple(int(t) for t in runtime.get("threads", [1])),
+        venv=venv,
+        install={str(k): str(v) for k, v in install.items()},
+        system_install=str(system) if system else None,
+        path=str(path),
+    )
+
+
+def list_profiles() -> list[Profile]:
+    """Every profile shipped in ``targets/``."""
+    return [load_profile_file(p) for p in sorted(targets_dir().glob("*.toml"))]
+
+
+def get_profile(name: str) -> Profile | None:
+    """The profile called ``name``, or None."""
+    path = targets_dir() / f"{name}.toml"
+    return load_profile_file(path) if path.is_file() else None
+
+
+def list_targets() -> list[dict[str, Any]]:
+    """What ``edgeft targets`` prints: one dict per profile."""
+    return [profile.describe() for profile in list_profiles()]
