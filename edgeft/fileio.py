@@ -16,12 +16,13 @@ from typing import Any, Iterator
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling path of ``final``; rename it onto ``final`` if the block succeeds.
 
-    The temporary name keeps the final suffix (``model.keras`` -> ``.model.keras.partial.keras``'s
-    stem-safe form) because some writers (Keras, h5py) choose the format from the extension.
+    The temporary name keeps all of the final suffixes (``a.weights.h5`` ->
+    ``.a.partial-PID.weights.h5``) because writers such as Keras choose the format from them.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    temp = final.with_name(f".{final.stem}.partial-{os.getpid()}{final.suffix}")
+    stem, dot, suffixes = final.name.partition(".")
+    temp = final.with_name(f".{stem}.partial-{os.getpid()}{dot}{suffixes}")
     if temp.exists():
         _remove(temp)
     try:

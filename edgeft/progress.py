@@ -33,7 +33,7 @@ def track(items: Iterable[T], total: int, label: str) -> Iterator[T]:
             sys.stderr.flush()
         else:
             decile = int(10 * done / total)
-            if decile != last_decile and (decile % 5 == 0 or done == total):
+            if decile != last_decile and decile > 0 and (decile % 5 == 0 or done == total):
                 last_decile = decile
                 sys.stderr.write(f"{label}: {done}/{total}\n")
     if interactive and total > 0:

@@ -19,7 +19,7 @@ _INSTALL_HINT = "install the training stack: pip install 'edgeft[train]'"
 
 def _prepare_environment() -> None:
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def tf() -> ModuleType:

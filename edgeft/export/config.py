@@ -1,0 +1,149 @@
+"""What an export is asked to produce: :class:`ExportConfig` and its enums.
+
+An export is planned as a list of :class:`ArtifactSpec` (one file each) by the format
+exporters registered in :mod:`edgeft.export.formats`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from edgeft.errors import UsageError
+
+
+class Format(str, Enum):
+    """Deployment formats."""
+
+    TFLITE = "tflite"
+    ONNX = "onnx"
+    EDGETPU = "edgetpu"
+
+
+class Precision(str, Enum):
+    """Numeric precision of an artifact's weights and arithmetic."""
+
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    DYNAMIC_RANGE = "dynamic_range"
+    INT8 = "int8"
+
+
+class IODtype(str, Enum):
+    """Input/output tensor type of full-integer TFLite models."""
+
+    UINT8 = "uint8"
+    INT8 = "int8"
+    FLOAT32 = "float32"
+
+
+class Source(str, Enum):
+    """Where an artifact's numbers come from: the float model, post-training quantization, or QAT."""
+
+    FLOAT = "float"
+    PTQ = "ptq"
+    QAT = "qat"
+
+
+DEFAULT_FORMATS = (Format.TFLITE, Format.ONNX)
+DEFAULT_MAX_DROP_INT8 = 2.0  # accuracy points
+DEFAULT_MAX_DROP_OTHER = 0.5
+ONNX_CALIB_METHODS = ("minmax", "entropy", "percentile")
+
+
+def parse_formats(names: list[str]) -> tuple[Format, ...]:
+    """Parse ``--formats`` names, raising :class:`UsageError` for an unknown one."""
+    formats: list[Format] = []
+    for name in names:
+        try:
+            fmt = Format(name.strip().lower())
+        except ValueError:
+            known = ", ".join(f.value for f in Format)
+            raise UsageError(f"unknown export format '{name}'; choose from: {known}") from None
+        if fmt not in formats:
+            formats.append(fmt)
+    if not formats:
+        raise UsageError("--formats is empty; choose from: " + ", ".join(f.value for f in Format))
+    return tuple(formats)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Everything :func:`edgeft.export.main_export` needs; built by the CLI or by code."""
+
+    run_dir: Path
+    out_dir: Path
+    formats: tuple[Format, ...] = DEFAULT_FORMATS
+    precisions: tuple[Precision, ...] = (Precision.FLOAT32,)
+    io_dtype: IODtype = IODtype.UINT8
+    max_drop: float | None = None  # points; None: 2.0 for int8, 0.5 for the others
+    calib_size: int = 300
+    calib_seed: int = 0
+    calib_dir: Path | None = None
+    calib_list: Path | None = None
+    calib_sweep: tuple[int, ...] = ()
+    onnx_calib_method: str = "minmax"
+    opset: int = 17
+    threads: int = 1
+    latency_runs: int = 30
+    isolate: bool = True  # one conversion per child process
+    force: bool = False
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if Precision.FLOAT32 not in self.precisions:
+            object.__setattr__(self, "precisions", (Precision.FLOAT32, *self.precisions))
+        if self.onnx_calib_method not in ONNX_CALIB_METHODS:
+            raise UsageError(f"unknown calibration method '{self.onnx_calib_method}'; choose from: "
+                             + ", ".join(ONNX_CALIB_METHODS))
+        if self.calib_size < 1:
+            raise UsageError(f"--calib-size must be at least 1, got {self.calib_size}")
+        if self.threads < 1:
+            raise UsageError(f"--threads must be at least 1, got {self.threads}")
+        if self.max_drop is not None and self.max_drop < 0:
+            raise UsageError(f"--max-drop must be >= 0 points, got {self.max_drop}")
+
+    @classmethod
+    def from_flags(cls, run_dir: Path, out_dir: Path, formats: list[str] | None = None, int8: bool = False,
+                   fp16: bool = False, dynamic: bool = False, all_: bool = False, **options: object) -> "ExportConfig":
+        """Build a config from CLI-style flags (``--all`` = every format and every precision)."""
+        if all_:
+            chosen = tuple(Format)
+            precisions = tuple(Precision)
+        else:
+            chosen = parse_formats(formats) if formats else DEFAULT_FORMATS
+            precisions = (Precision.FLOAT32,)
+            if int8 or Format.EDGETPU in chosen:
+                precisions += (Precision.INT8,)
+            if fp16:
+                precisions += (Precision.FLOAT16,)
+            if dynamic:
+                precisions += (Precision.DYNAMIC_RANGE,)
+        io = options.pop("io_dtype", None)
+        sweep = options.pop("calib_sweep", None) or ()
+        return cls(run_dir=Path(run_dir), out_dir=Path(out_dir), formats=chosen, precisions=precisions,
+                   io_dtype=IODtype(io) if io else IODtype.UINT8, calib_sweep=tuple(int(s) for s in sweep),
+                   **options)  # type: ignore[arg-type]
+
+    def wants_int8(self) -> bool:
+        return Precision.INT8 in self.precisions
+
+    def max_drop_for(self, precision: Precision) -> float:
+        if self.max_drop is not None:
+            return self.max_drop
+        return DEFAULT_MAX_DROP_INT8 if precision == Precision.INT8 else DEFAULT_MAX_DROP_OTHER
+
+
+@dataclass(frozen=True)
+class ArtifactSpec:
+    """One file an exporter will write."""
+
+    format: Format
+    precision: Precision
+    source: Source
+    filename: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.format.value}:{self.precision.value}"

@@ -1,0 +1,113 @@
+"""TFLite: float32, float16, dynamic-range and full-integer int8, batch-1 static shape.
+
+Conversion goes through ``from_concrete_functions`` with ``TensorSpec([1, H, W, 3])``, which
+gives static shapes (for EfficientNet this removes the dynamic-batch SHAPE/STRIDED_SLICE/PACK
+ops of the squeeze-excite reshape). Full integer uses ``representative_dataset`` and
+``supported_ops=[TFLITE_BUILTINS_INT8]`` for float and QAT models alike; without the INT8 op set
+the converter leaves float ops in with only a warning.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeft.errors import CalibrationError, ExportError
+from edgeft.export.config import Format, IODtype, Precision
+from edgeft.export.formats import ConversionJob, register
+
+FILENAMES = {
+    Precision.FLOAT32: "model_float32.tflite",
+    Precision.FLOAT16: "model_float16.tflite",
+    Precision.DYNAMIC_RANGE: "model_dynamic_range.tflite",
+    Precision.INT8: "model_int8.tflite",
+}
+
+
+def load_calibration_pixels(path: str | None) -> tuple[np.ndarray, Any]:
+    if not path:
+        raise CalibrationError("int8 export needs calibration data: the run has no training split; "
+                               "pass --calib-dir DIR or --calib-list FILE")
+    with np.load(path, allow_pickle=False) as data:
+        return data["pixels"], None
+
+
+def convert_keras_to_tflite(model: Any, image_size: int, precision: Precision, preprocessing: Any,
+                            calibration_npz: str | None = None, io_dtype: IODtype = IODtype.UINT8) -> bytes:
+    """Convert a (float or QAT) Keras model to TFLite bytes at ``precision`` with a static batch of 1."""
+    from edgeft.tfcompat import tf
+
+    tfm = tf()
+    function = tfm.function(lambda image: model(image, training=False))
+    concrete = function.get_concrete_function(tfm.TensorSpec([1, image_size, image_size, 3], tfm.float32, name="image"))
+    converter = tfm.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+    if precision == Precision.FLOAT16:
+        converter.optimizations = [tfm.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tfm.float16]
+    elif precision == Precision.DYNAMIC_RANGE:
+        converter.optimizations = [tfm.lite.Optimize.DEFAULT]
+    elif precision == Precision.INT8:
+        pixels, _ = load_calibration_pixels(calibration_npz)
+
+        def representative() -> Any:
+            for index in range(pixels.shape[0]):
+                yield [preprocessing.apply(pixels[index : index + 1])]
+
+        converter.optimizations = [tfm.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tfm.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        io = {IODtype.UINT8: tfm.uint8, IODtype.INT8: tfm.int8, IODtype.FLOAT32: tfm.float32}[io_dtype]
+        converter.inference_input_type = io
+        converter.inference_output_type = io
+    try:
+        return bytes(converter.convert())
+    except Exception as error:  # the converter raises ConverterError, RuntimeError, ValueError...
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ExportError(f"TFLite {precision.value} conversion failed: {first[:200]}") from None
+
+
+def io_details(model_bytes: bytes) -> dict[str, Any]:
+    """Input/output name, shape, dtype and quantization of a TFLite model (via ai_edge_litert)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=model_bytes)
+
+    def describe(detail: dict[str, Any]) -> dict[str, Any]:
+        scale, zero_point = detail["quantization"]
+        return {
+            "name": detail["name"],
+            "shape": [int(v) for v in detail["shape"]],
+            "dtype": np.dtype(detail["dtype"]).name,
+            "quantization": {"scale": float(scale), "zero_point": int(zero_point)} if scale else None,
+        }
+
+    return {"input": describe(interpreter.get_input_details()[0]),
+            "output": describe(interpreter.get_output_details()[0])}
+
+
+@register
+class TFLiteExporter:
+    """Writes ``model_<precision>.tflite`` with an embedded ``edgeft.metadata`` entry."""
+
+    format = Format.TFLITE
+    precisions = (Precision.FLOAT32, Precision.FLOAT16, Precision.DYNAMIC_RANGE, Precision.INT8)
+
+    def filename(self, precision: Precision) -> str:
+        return FILENAMES[precision]
+
+    def convert(self, job: ConversionJob, model: Any) -> dict[str, Any]:
+        from edgeft.export.metadata import embed_tflite_metadata
+        from edgeft.fileio import write_bytes_atomic
+        from edgeft.preprocessing import Preprocessing
+
+        precision = Precision(job.precision)
+        preprocessing = Preprocessing.from_dict(job.metadata["preprocessing"])
+        raw = convert_keras_to_tflite(model, int(job.metadata["image_size"]), precision, preprocessing,
+                                      job.calibration, IODtype(job.io_dtype))
+        io = io_details(raw)
+        metadata = dict(job.metadata, **io)
+        data = embed_tflite_metadata(raw, metadata)
+        write_bytes_atomic(Path(job.output), data)
+        return {"metadata": metadata, "converter": "tf.lite.TFLiteConverter.from_concrete_functions"}

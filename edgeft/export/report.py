@@ -1,0 +1,88 @@
+"""``export_report.json`` and ``export_report.md``: one row per artifact, measured against Keras.
+
+export_report.json (schema ``edgeft.export_report/1``)::
+
+    keras_accuracy      float 0..1, Keras model on the held-out (val) split
+    val_samples         int
+    artifacts[]         format (tflite|onnx|edgetpu), precision (float32|float16|dynamic_range|int8),
+                        source (float|ptq|qat), path (relative to EXPORT_DIR), size_bytes,
+                        size_ratio (vs the same format's float32), accuracy, agreement (top-1 vs Keras),
+                        max_abs_diff (outputs vs Keras), latency_ms (median single image, host),
+                        accuracy_drop_pts, max_drop_pts, passed, sidecar, details
+                        (null where not measurable, e.g. Edge TPU without the device)
+    calibration         source, size, key, cache_file (null when no int8 artifact)
+    calibration_sweep[] calib_size, accuracy, agreement (TFLite int8) when --calib-sweep was given
+    peak_rss_mb         parent, largest_child (MiB)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgeft.fileio import write_json_atomic, write_text_atomic
+
+REPORT_JSON = "export_report.json"
+REPORT_MD = "export_report.md"
+SCHEMA = "edgeft.export_report/1"
+
+
+def _fmt(value: Any, kind: str) -> str:
+    if value is None:
+        return "-"
+    if kind == "pct":
+        return f"{100.0 * value:.1f}%"
+    if kind == "kib":
+        return f"{value / 1024:.0f} KiB"
+    if kind == "ms":
+        return f"{value:.2f}"
+    if kind == "diff":
+        return f"{value:.2e}"
+    return str(value)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as a Markdown table."""
+    lines = [
+        f"# edgeft export: {report['backbone']} {report['image_size']} px ({report['run_kind']} run)",
+        "",
+        f"Keras accuracy on {report['val_samples']} held-out images: {_fmt(report['keras_accuracy'], 'pct')}. "
+        f"Latency: median single-image host time, {report['threads']} thread(s).",
+        "",
+        "| format | precision | source | file | size | vs float32 | accuracy | agreement | max abs diff | latency ms | check |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for a in report["artifacts"]:
+        check = "-" if a["passed"] is None else ("ok" if a["passed"] else f"FAIL (> {a['max_drop_pts']} pts)")
+        ratio = f"{a['size_ratio']:.2f}x" if a.get("size_ratio") is not None else "-"
+        lines.append(
+            f"| {a['format']} | {a['precision']} | {a['source']} | {a['path']} | {_fmt(a['size_bytes'], 'kib')} | "
+            f"{ratio} | {_fmt(a['accuracy'], 'pct')} | {_fmt(a['agreement'], 'pct')} | "
+            f"{_fmt(a['max_abs_diff'], 'diff')} | {_fmt(a['latency_ms'], 'ms')} | {check} |"
+        )
+    edgetpu = [a for a in report["artifacts"] if a["format"] == "edgetpu"]
+    for a in edgetpu:
+        details = a.get("details") or {}
+        lines += ["", f"Edge TPU: **{details.get('verdict', '?')}**"
+                  + (f"; first unsupported op: {details['first_unsupported']['op']}" if details.get("first_unsupported") else "")
+                  + f" ({details.get('predicted_ops_on_edgetpu', '?')} of {details.get('operators_total', '?')} ops"
+                  + (" predicted" if not details.get("compiler") else "") + " on the Edge TPU)."]
+    if report.get("calibration"):
+        c = report["calibration"]
+        lines += ["", f"Calibration: {c['size']} images from {c['source']}."]
+    if report.get("calibration_sweep"):
+        lines += ["", "| calibration size | TFLite int8 accuracy | agreement |", "|---|---|---|"]
+        for row in report["calibration_sweep"]:
+            lines.append(f"| {row['calib_size']} | {_fmt(row['accuracy'], 'pct')} | {_fmt(row['agreement'], 'pct')} |")
+    peak = report.get("peak_rss_mb") or {}
+    lines += ["", f"Peak RSS: parent {peak.get('parent', 0):.0f} MiB, largest conversion process "
+              f"{peak.get('largest_child', 0):.0f} MiB."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir: Path, report: dict[str, Any]) -> tuple[Path, Path]:
+    """Write export_report.json and export_report.md atomically."""
+    json_path, md_path = Path(out_dir) / REPORT_JSON, Path(out_dir) / REPORT_MD
+    write_json_atomic(json_path, report)
+    write_text_atomic(md_path, markdown(report))
+    return json_path, md_path

@@ -1,0 +1,109 @@
+"""Child-process entry point: one conversion (or the Keras reference outputs) per process.
+
+TensorFlow's converter keeps 0.7-1.1 GB per conversion alive after ``gc.collect()``; a process
+doing many conversions grows past 12 GB. :func:`edgeft.export.main.main_export` therefore runs
+each conversion as ``python -m edgeft.export.worker JOB.json RESULT.json`` so that memory is
+returned to the system after each one. RESULT.json holds ``{"ok": true, ...}`` or
+``{"ok": false, "error": <one line>, "exit_code": N}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeft.errors import EdgeftError, ExportError
+
+
+def run_task(task: dict[str, Any]) -> dict[str, Any]:
+    """Run one task in this process: ``{"task": "convert", "job": {...}}`` or ``{"task": "keras_reference", ...}``."""
+    from edgeft.tfcompat import load_keras_model
+
+    if task["task"] == "keras_reference":
+        model = load_keras_model(Path(task["model"]))
+        with np.load(task["inputs"], allow_pickle=False) as data:
+            pixels = data["pixels"]
+        from edgeft.preprocessing import Preprocessing
+
+        preprocessing = Preprocessing.from_dict(task["preprocessing"])
+        outputs = []
+        for start in range(0, pixels.shape[0], 16):
+            batch = preprocessing.apply(pixels[start : start + 16])
+            outputs.append(np.asarray(model(batch, training=False), np.float32))
+        probs = np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
+        np.save(task["output"], probs)
+        return {"ok": True, "shape": list(probs.shape)}
+    if task["task"] == "convert":
+        from edgeft.export.config import Format
+        from edgeft.export.formats import ConversionJob, get_exporter
+
+        job = ConversionJob(**task["job"])
+        exporter = get_exporter(Format(job.format))
+        needs_model = not (job.format == "edgetpu" and job.int8_tflite and Path(job.int8_tflite).is_file())
+        model = load_keras_model(Path(job.run_dir) / "model.keras") if needs_model else None
+        result = exporter.convert(job, model)
+        return dict(result, ok=True)
+    raise ExportError(f"unknown worker task {task['task']!r}")
+
+
+def run_in_child(task: dict[str, Any], work_dir: Path, name: str) -> dict[str, Any]:
+    """Run ``task`` in a fresh Python process; return its result, raising its error in this process."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    task_file = work_dir / f"{name}.task.json"
+    result_file = work_dir / f"{name}.result.json"
+    task_file.write_text(json.dumps(task), "utf-8")
+    result_file.unlink(missing_ok=True)
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    process = subprocess.run([sys.executable, "-m", "edgeft.export.worker", str(task_file), str(result_file)],
+                             env=env, stdout=subprocess.DEVNULL)
+    if not result_file.is_file():
+        raise ExportError(f"{name}: the conversion process died (exit {process.returncode}); "
+                          "see the messages above, or retry with fewer formats")
+    result = json.loads(result_file.read_text("utf-8"))
+    if not result.get("ok"):
+        error = EdgeftError(result.get("error", "conversion failed"))
+        error.exit_code = int(result.get("exit_code", ExportError.exit_code))
+        cls = _error_class(result.get("error_type", ""))
+        raise cls(result.get("error", "conversion failed")) if cls else error
+    return result
+
+
+def _error_class(name: str) -> type[EdgeftError] | None:
+    from edgeft import errors
+
+    cls = getattr(errors, name, None)
+    return cls if isinstance(cls, type) and issubclass(cls, EdgeftError) else None
+
+
+def peak_rss_mb() -> dict[str, float]:
+    """Peak resident memory of this process and of its largest child so far (MiB)."""
+    return {"parent": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+            "largest_child": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m edgeft.export.worker TASK.json RESULT.json``."""
+    args = sys.argv[1:] if argv is None else argv
+    task_file, result_file = Path(args[0]), Path(args[1])
+    try:
+        result = run_task(json.loads(task_file.read_text("utf-8")))
+    except EdgeftError as error:
+        result = {"ok": False, "error": error.message, "exit_code": error.exit_code, "error_type": type(error).__name__}
+    except Exception as error:  # report, never a traceback through the parent
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        result = {"ok": False, "error": f"{type(error).__name__}: {first}", "exit_code": ExportError.exit_code,
+                  "error_type": "ExportError"}
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    result_file.write_text(json.dumps(result, default=str), "utf-8")
+    return 0 if result.get("ok") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Transfer learning with tf-keras: phases, checkpoints, BatchNorm handling (imports TensorFlow lazily)."""

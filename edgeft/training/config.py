@@ -1,0 +1,173 @@
+"""Options of ``edgeft finetune``, validated once into a frozen dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from edgeft.backbones import get_backbone
+from edgeft.errors import UsageError
+
+
+class Strategy(str, Enum):
+    """The three regimes of transfer learning."""
+
+    HEAD = "head"  # frozen backbone, new head (deep-layer feature extraction)
+    PARTIAL = "partial"  # head, then the top N blocks at a low learning rate
+    FULL = "full"  # head, then the whole network at the lowest learning rate
+
+
+class Distribution(str, Enum):
+    NONE = "none"
+    MIRRORED = "mirrored"
+
+
+class WeightsSource(str, Enum):
+    IMAGENET = "imagenet"
+    NONE = "none"
+    FILE = "file"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Everything one ``edgeft finetune`` run needs; defaults are filled in by :meth:`from_options`."""
+
+    data_dir: Path
+    out_dir: Path
+    backbone: str
+    alpha: float | None
+    image_size: int
+    weights: str  # "imagenet", "none" or a file path
+    strategy: Strategy
+    unfreeze: int
+    epochs: int
+    fine_tune_epochs: int
+    batch_size: int
+    learning_rate: float
+    fine_tune_learning_rate: float
+    patience: int
+    dropout: float
+    val_split: float
+    class_weight: str
+    augment: bool
+    seed: int
+    mixed_precision: bool = False
+    distribute: Distribution = Distribution.NONE
+    min_accuracy: float | None = None
+    resume: bool = False
+    force: bool = False
+
+    @property
+    def weights_source(self) -> WeightsSource:
+        if self.weights == "imagenet":
+            return WeightsSource.IMAGENET
+        if self.weights == "none":
+            return WeightsSource.NONE
+        return WeightsSource.FILE
+
+    @property
+    def from_scratch(self) -> bool:
+        """No pretrained features: the whole network trains in one phase, BatchNorm included."""
+        return self.weights_source is WeightsSource.NONE
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The values recorded in the run manifest (paths and run-control flags left out)."""
+        record = asdict(self)
+        for key in ("data_dir", "out_dir", "resume", "force", "weights", "backbone", "alpha", "image_size", "seed"):
+            record.pop(key)
+        record["strategy"] = self.strategy.value
+        record["distribute"] = self.distribute.value
+        return record
+
+    @classmethod
+    def from_options(
+        cls,
+        data_dir: Path,
+        out_dir: Path,
+        backbone: str = "mobilenet_v2",
+        alpha: float | None = None,
+        image_size: int | None = None,
+        weights: str = "imagenet",
+        strategy: str | None = None,
+        unfreeze: int | None = None,
+        epochs: int | None = None,
+        fine_tune_epochs: int | None = None,
+        batch_size: int = 32,
+        learning_rate: float | None = None,
+        fine_tune_learning_rate: float | None = None,
+        patience: int = 5,
+        dropout: float = 0.2,
+        val_split: float = 0.2,
+        class_weight: str = "none",
+        augment: bool | None = None,
+        seed: int = 0,
+        mixed_precision: bool = False,
+        distribute: str = "none",
+        min_accuracy: float | None = None,
+        resume: bool = False,
+        force: bool = False,
+    ) -> "FinetuneConfig":
+        """Fill defaults and reject impossible combinations with a one-line :class:`UsageError`."""
+        spec = get_backbone(backbone)
+        size = image_size or spec.default_size
+        alpha = spec.check(alpha, size)
+        weights = weights.strip()
+        if weights.lower() in ("imagenet", "none"):
+            weights = weights.lower()
+        elif not Path(weights).expanduser().is_file():
+            raise UsageError(f"--weights must be imagenet, none, or an existing .h5 file; not found: {weights}")
+        else:
+            weights = str(Path(weights).expanduser().resolve())
+        if strategy is None:
+            chosen = Strategy.FULL if weights == "none" else Strategy.HEAD
+        else:
+            chosen = Strategy(strategy)
+        if weights == "none" and chosen is not Strategy.FULL:
+            raise UsageError(
+                f"--strategy {chosen.value} needs pretrained weights: a frozen random backbone gives the same "
+                "features for every image; use --strategy full with --weights none"
+            )
+        if unfreeze is not None and chosen is not Strategy.PARTIAL:
+            raise UsageError("--unfreeze applies to --strategy partial only")
+        for name, value in (("--epochs", epochs), ("--fine-tune-epochs", fine_tune_epochs)):
+            if value is not None and value < 0:
+                raise UsageError(f"{name} must be >= 0, got {value}")
+        if batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+        if not 0.0 <= dropout < 1.0:
+            raise UsageError(f"--dropout must be in [0, 1), got {dropout}")
+        if min_accuracy is not None and not 0.0 <= min_accuracy <= 1.0:
+            raise UsageError(f"--min-accuracy is a fraction in 0..1, got {min_accuracy}")
+        if resume and force:
+            raise UsageError("--resume and --force contradict each other; choose one")
+        default_ft_lr = {Strategy.HEAD: 1e-4, Strategy.PARTIAL: 1e-4, Strategy.FULL: 1e-5}[chosen]
+        if weights == "none":
+            default_ft_lr = 1e-3
+        return cls(
+            data_dir=Path(data_dir),
+            out_dir=Path(out_dir),
+            backbone=spec.name,
+            alpha=alpha,
+            image_size=size,
+            weights=weights,
+            strategy=chosen,
+            unfreeze=3 if unfreeze is None else unfreeze,
+            epochs=20 if epochs is None else epochs,
+            fine_tune_epochs=(30 if weights == "none" else 10) if fine_tune_epochs is None else fine_tune_epochs,
+            batch_size=batch_size,
+            learning_rate=1e-3 if learning_rate is None else learning_rate,
+            fine_tune_learning_rate=default_ft_lr if fine_tune_learning_rate is None else fine_tune_learning_rate,
+            patience=patience,
+            dropout=dropout,
+            val_split=val_split,
+            class_weight=class_weight,
+            augment=(chosen is not Strategy.HEAD) if augment is None else augment,
+            seed=seed,
+            mixed_precision=mixed_precision,
+            distribute=Distribution(distribute),
+            min_accuracy=min_accuracy,
+            resume=resume,
+            force=force,
+        )

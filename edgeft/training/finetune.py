@@ -1,0 +1,389 @@
+"""``edgeft finetune``: transfer learning from an ImageNet backbone into a run directory."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeft.backbones import get_backbone
+from edgeft.backbones.weights import resolve_weights
+from edgeft.data import load_dataset
+from edgeft.data.dataset import LoadedSplit
+from edgeft.errors import AccuracyTargetError, RunDirError
+from edgeft.fileio import write_json_atomic, write_text_atomic
+from edgeft.progress import log
+from edgeft.run.rundir import (
+    CHECKPOINT_DIR,
+    HISTORY_FILE,
+    LABELS_FILE,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    RunManifest,
+)
+from edgeft.training.checkpoints import CheckpointStore, PhaseState, TrainingState, make_epoch_callback
+from edgeft.training.config import Distribution, FinetuneConfig
+from edgeft.training.model import build_classifier, count_blocks, recalibrate_batchnorm, set_trainable
+from edgeft.training.phases import Phase, plan_phases
+from edgeft.training.pipeline import class_weights, image_dataset
+
+RUN_ARTIFACTS = (MODEL_FILE, LABELS_FILE, METRICS_FILE, HISTORY_FILE, MANIFEST_FILE,
+                 "training_curves.png", "confusion_matrix.png")
+
+
+def prepare_run_dir(config: FinetuneConfig) -> CheckpointStore:
+    """Refuse to clobber a complete run, require --resume/--force for an unfinished one."""
+    out = config.out_dir
+    store = CheckpointStore(out)
+    complete = (out / MANIFEST_FILE).is_file()
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out {out} exists and is not a directory")
+    if config.force:
+        for name in RUN_ARTIFACTS:
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    elif complete:
+        raise RunDirError(f"{out} already holds a complete run; pass --force to overwrite it or choose another --out")
+    elif config.resume and not store.exists():
+        raise RunDirError(f"nothing to resume in {out}: no checkpoint found; run without --resume")
+    elif store.exists() and not config.resume:
+        raise RunDirError(f"{out} holds an unfinished run; pass --resume to continue it or --force to start over")
+    out.mkdir(parents=True, exist_ok=True)
+    return store
+
+
+def _fingerprint(config: FinetuneConfig, content_hash: str) -> dict[str, Any]:
+    return {
+        "backbone": config.backbone,
+        "alpha": config.alpha,
+        "image_size": config.image_size,
+        "weights": config.weights,
+        "seed": config.seed,
+        "data_hash": content_hash,
+        "hyperparameters": config.hyperparameters(),
+    }
+
+
+def _setup_tensorflow(config: FinetuneConfig) -> Any:
+    """Seed, determinism, precision policy; returns the distribution strategy."""
+    from edgeft.tfcompat import keras, tf
+
+    t = tf()
+    k = keras()
+    k.utils.set_random_seed(config.seed)
+    gpus = t.config.list_physical_devices("GPU")
+    if not gpus:
+        t.config.experimental.enable_op_determinism()
+    k.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
+    if config.mixed_precision and not gpus:
+        log("warning: --mixed-precision on a CPU-only host is slow; it pays off on GPUs with tensor cores")
+    if config.distribute is Distribution.MIRRORED:
+        strategy = t.distribute.MirroredStrategy()
+        log(f"distribute: MirroredStrategy over {strategy.num_replicas_in_sync} replica(s)")
+        return strategy
+    return t.distribute.get_strategy()
+
+
+def _epoch_logger(phase: Phase) -> Any:
+    def report(row: dict[str, Any]) -> None:
+        parts = [f"[{phase.name}] epoch {row['epoch']}/{phase.epochs}"]
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            if key in row:
+                parts.append(f"{key} {row[key]:.4f}")
+        log("  ".join(parts))
+
+    return report
+
+
+def _compile(model: Any, learning_rate: float) -> None:
+    from edgeft.tfcompat import keras
+
+    k = keras()
+    model.compile(
+        optimizer=k.optimizers.Adam(learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+
+
+def _features(model: Any, split: LoadedSplit, config: FinetuneConfig, preprocessing: Any, path: Path) -> np.ndarray:
+    """Pooled backbone features of a split, computed once and kept in the checkpoint folder."""
+    from edgeft.fileio import atomic_path
+    from edgeft.tfcompat import keras
+
+    if path.is_file():
+        cached = np.load(path, allow_pickle=False)
+        if cached.shape[0] == len(split.labels):
+            return cached
+    extractor = keras().Model(model.input, model.get_layer("pool").output)
+    dataset = image_dataset(split.images, None, preprocessing, config.batch_size)
+    features = extractor.predict(dataset, verbose=0).astype(np.float32)
+    with atomic_path(path) as temp:
+        with open(temp, "wb") as handle:
+            np.save(handle, features, allow_pickle=False)
+    return features
+
+
+def _run_phase(
+    index: int,
+    phase: Phase,
+    model: Any,
+    splits: dict[str, LoadedSplit],
+    config: FinetuneConfig,
+    spec: Any,
+    preprocessing: Any,
+    store: CheckpointStore,
+    state: TrainingState,
+    strategy: Any,
+) -> None:
+    from edgeft.tfcompat import keras
+
+    k = keras()
+    phase_state = state.phases[index]
+    train, val = splits["train"], splits["val"]
+    weights = class_weights(train.labels, int(model.output_shape[-1])) if config.class_weight == "auto" else None
+    started = time.monotonic()
+    with strategy.scope():
+        trained_blocks = set_trainable(model, spec, phase.trainable, config.unfreeze, phase.batchnorm_trains)
+    described = {"head": "head only (backbone frozen)", "top_blocks": f"head + top {trained_blocks} blocks",
+                 "all": "all layers"}[phase.trainable.value]
+    log(f"phase {phase.name}: {described}, lr {phase.learning_rate:g}, up to {phase.epochs} epochs"
+        + (", on cached backbone features" if phase.feature_cache else ""))
+    done = phase_state.epochs_done >= phase.epochs or (config.patience > 0 and phase_state.wait >= config.patience)
+    if phase.feature_cache:
+        train_features = _features(model, train, config, preprocessing, store.features_path("train"))
+        val_features = _features(model, val, config, preprocessing, store.features_path("val"))
+        with strategy.scope():
+            head = k.Sequential(
+                [
+                    k.Input(shape=train_features.shape[1:]),
+                    k.layers.Dropout(config.dropout, name="dropout"),
+                    k.layers.Dense(int(model.output_shape[-1]), activation="softmax", name="predictions",
+                                   dtype="float32"),
+                ]
+            )
+            _compile(head, phase.learning_rate)
+        trained = head
+        if phase_state.epochs_done > 0:
+            head.load_weights(str(store.weights_path(index, "last")))
+        if not done:
+            callback = make_epoch_callback(store, state, index, head, config.patience, _epoch_logger(phase))
+            head.fit(train_features, train.labels, batch_size=config.batch_size, epochs=phase.epochs,
+                     initial_epoch=phase_state.epochs_done, validation_data=(val_features, val.labels),
+                     shuffle=True, class_weight=weights, callbacks=[callback], verbose=0)
+    else:
+        with strategy.scope():
+            _compile(model, phase.learning_rate)
+        trained = model
+        if phase_state.epochs_done > 0:
+            model.load_weights(str(store.weights_path(index, "last")))
+        if not done:
+            train_data = image_dataset(train.images, train.labels, preprocessing, config.batch_size, shuffle=True,
+                                       augment=config.augment, seed=config.seed)
+            val_data = image_dataset(val.images, val.labels, preprocessing, config.batch_size)
+            callback = make_epoch_callback(store, state, index, model, config.patience, _epoch_logger(phase))
+            model.fit(train_data, validation_data=val_data, epochs=phase.epochs,
+                      initial_epoch=phase_state.epochs_done, class_weight=weights, callbacks=[callback], verbose=0)
+    best = store.weights_path(index, "best")
+    if best.is_file():
+        trained.load_weights(str(best))
+        if phase_state.best_epoch < phase_state.epochs_done:
+            log(f"phase {phase.name}: restored best epoch {phase_state.best_epoch} (val_loss {phase_state.best_val_loss:.4f})")
+    if trained is not model:
+        model.get_layer("predictions").set_weights(trained.get_layer("predictions").get_weights())
+    store.save_weights(model, store.weights_path(index, "final"))
+    phase_state.finished = True
+    phase_state.wall_s += time.monotonic() - started
+    store.save(state)
+
+
+def _predict(model: Any, split: LoadedSplit, preprocessing: Any, batch_size: int) -> np.ndarray:
+    dataset = image_dataset(split.images, None, preprocessing, batch_size)
+    return np.asarray(model.predict(dataset, verbose=0), dtype=np.float32)
+
+
+def _history_csv(rows: list[dict[str, Any]]) -> str:
+    columns = ["phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
+    extra = sorted({key for row in rows for key in row} - set(columns))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns + extra, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def collapse_warning(train_accuracy: float | None, val_accuracy: float, num_classes: int) -> str | None:
+    """A message when validation sits near chance while training accuracy is high (broken BN statistics)."""
+    chance = 1.0 / num_classes
+    if train_accuracy is not None and train_accuracy >= 0.8 and val_accuracy <= chance + 0.1:
+        return (f"validation accuracy {val_accuracy:.3f} is at chance ({chance:.2f}) while training accuracy is "
+                f"{train_accuracy:.3f}: the model does not generalise (check BatchNorm statistics and the splits)")
+    return None
+
+
+def main_finetune(config: FinetuneConfig) -> dict[str, Any]:
+    """Train, evaluate and write a complete run directory; return the summary."""
+    wall_start = time.monotonic()
+    store = prepare_run_dir(config)
+    spec = get_backbone(config.backbone)
+    resolved = resolve_weights(spec, config.weights, config.alpha, config.image_size)
+    if resolved.warning:
+        log(resolved.warning)
+    weights_text = "random initialisation (--weights none)" if resolved.path is None else f"{resolved.path} ({resolved.origin})"
+    log(f"weights: {weights_text}")
+    index, splits = load_dataset(config.data_dir, config.image_size, config.val_split, config.seed)
+    counts = ", ".join(f"{name} {len(split.samples)}" for name, split in splits.items())
+    log(f"data: {len(index.class_names)} classes ({', '.join(index.class_names[:8])}"
+        f"{', ...' if len(index.class_names) > 8 else ''}); {counts} images")
+    if index.skipped:
+        by_reason: dict[str, int] = {}
+        for skipped in index.skipped:
+            by_reason[skipped.reason] = by_reason.get(skipped.reason, 0) + 1
+        log(f"skipped {len(index.skipped)} file(s): " + ", ".join(f"{n} {r}" for r, n in by_reason.items())
+            + f" (listed in {config.out_dir / MANIFEST_FILE})")
+
+    strategy = _setup_tensorflow(config)
+    phases = plan_phases(config)
+    fingerprint = _fingerprint(config, index.content_hash)
+    if config.resume:
+        state = store.load()
+        if state.fingerprint != fingerprint:
+            changed = sorted(k for k in fingerprint if fingerprint[k] != state.fingerprint.get(k))
+            raise RunDirError(f"cannot resume {config.out_dir}: options or data differ from the interrupted run "
+                              f"({', '.join(changed)}); use the same options, or --force to start over")
+        done = sum(p.epochs_done for p in state.phases)
+        log(f"resuming {config.out_dir}: {done} epoch(s) already done")
+    else:
+        state = TrainingState(fingerprint, [PhaseState(p.name) for p in phases])
+        store.save(state)
+
+    preprocessing = spec.preprocessing
+    with strategy.scope():
+        model = build_classifier(spec, config.alpha, config.image_size, len(index.class_names), resolved.path,
+                                 config.dropout)
+    if config.strategy.value == "partial":
+        available = count_blocks(model, spec)
+        if config.unfreeze > available:
+            log(f"warning: --unfreeze {config.unfreeze} exceeds the {available} blocks of {spec.name}; unfreezing all")
+
+    loaded_final = -1
+    for number, phase in enumerate(phases):
+        if state.phases[number].finished:
+            continue
+        if number > 0 and loaded_final != number - 1:
+            model.load_weights(str(store.weights_path(number - 1, "final")))
+        _run_phase(number, phase, model, splits, config, spec, preprocessing, store, state, strategy)
+        loaded_final = number
+    if loaded_final != len(phases) - 1:
+        model.load_weights(str(store.weights_path(len(phases) - 1, "final")))
+
+    if any(p.batchnorm_trains for p in phases):
+        batches = image_dataset(splits["train"].images, None, preprocessing, config.batch_size, shuffle=True,
+                                seed=config.seed)
+        used = recalibrate_batchnorm(model, batches)
+        log(f"BatchNorm statistics re-estimated on {used} training batches")
+
+    log("evaluating on the validation split")
+    from edgeft.run.metrics import classification_report
+
+    evaluations: dict[str, dict[str, Any]] = {}
+    for split_name in ("val", "test"):
+        if split_name in splits and len(splits[split_name].samples):
+            probabilities = _predict(model, splits[split_name], preprocessing, config.batch_size)
+            evaluations[split_name] = classification_report(splits[split_name].labels, probabilities,
+                                                            index.class_names)
+    train_accuracy = next((row.get("accuracy") for row in reversed(state.history) if "accuracy" in row), None)
+    val_accuracy = float(evaluations["val"]["accuracy"])
+    warning = collapse_warning(train_accuracy, val_accuracy, len(index.class_names))
+    if warning:
+        log(f"warning: {warning}")
+
+    wall_s = time.monotonic() - wall_start
+    metrics: dict[str, Any] = {
+        "val_accuracy": val_accuracy,
+        "test_accuracy": evaluations["test"]["accuracy"] if "test" in evaluations else None,
+        "train_accuracy_last_epoch": train_accuracy,
+        "val": evaluations["val"],
+        "phases": [
+            {"name": p.name, "epochs_run": s.epochs_done, "best_epoch": s.best_epoch,
+             "best_val_loss": None if not math.isfinite(s.best_val_loss) or s.best_val_loss > 1e299 else s.best_val_loss,
+             "wall_s": round(s.wall_s, 2)}
+            for p, s in zip(phases, state.phases)
+        ],
+        "collapse_warning": warning,
+        "wall_s": round(wall_s, 2),
+    }
+    if "test" in evaluations:
+        metrics["test"] = evaluations["test"]
+    _write_run(config, spec, resolved, index, splits, state, model, metrics)
+    summary = {
+        "run_dir": str(config.out_dir),
+        "backbone": spec.name,
+        "alpha": config.alpha,
+        "image_size": config.image_size,
+        "strategy": config.strategy.value,
+        "weights": resolved.origin if resolved.path else "none",
+        "val_accuracy": val_accuracy,
+        "test_accuracy": metrics["test_accuracy"],
+        "epochs": {p["name"]: p["epochs_run"] for p in metrics["phases"]},
+        "wall_s": metrics["wall_s"],
+        "skipped_files": len(index.skipped),
+    }
+    log(f"done: val_accuracy {val_accuracy:.4f}"
+        + (f", test_accuracy {metrics['test_accuracy']:.4f}" if metrics["test_accuracy"] is not None else "")
+        + f" in {wall_s:.1f}s -> {config.out_dir}")
+    if config.min_accuracy is not None and val_accuracy < config.min_accuracy:
+        raise AccuracyTargetError(
+            f"val_accuracy {val_accuracy:.4f} is below --min-accuracy {config.min_accuracy}; the run is saved in "
+            f"{config.out_dir}"
+        )
+    return summary
+
+
+def _write_run(config: FinetuneConfig, spec: Any, resolved: Any, index: Any, splits: dict[str, LoadedSplit],
+               state: TrainingState, model: Any, metrics: dict[str, Any]) -> None:
+    """Write every artifact atomically, the manifest last, then drop the checkpoints."""
+    from edgeft.fileio import atomic_path
+    from edgeft.run.plots import plot_confusion_matrix, plot_history
+    from edgeft.tfcompat import package_versions
+
+    out = config.out_dir
+    with atomic_path(out / MODEL_FILE) as temp:
+        model.save(str(temp))
+    write_text_atomic(out / LABELS_FILE, "\n".join(index.class_names) + "\n")
+    write_json_atomic(out / METRICS_FILE, metrics)
+    write_text_atomic(out / HISTORY_FILE, _history_csv(state.history))
+    try:
+        plot_history(state.history, out / "training_curves.png")
+        plot_confusion_matrix(metrics["val"]["confusion_matrix"], index.class_names, out / "confusion_matrix.png",
+                              f"validation (accuracy {metrics['val_accuracy']:.3f})")
+    except ImportError:
+        log("warning: matplotlib is not installed; plots skipped")
+    manifest = RunManifest(
+        kind="float",
+        backbone=spec.name,
+        alpha=config.alpha,
+        image_size=config.image_size,
+        preprocessing=spec.preprocessing,
+        class_names=index.class_names,
+        data_dir=str(index.root),
+        splits={name: split.samples for name, split in splits.items()},
+        dataset=index.report(splits),
+        strategy=config.strategy.value,
+        weights=str(resolved.path) if resolved.path else "none",
+        hyperparameters=config.hyperparameters(),
+        seed=config.seed,
+        versions=package_versions(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        extra={"weights_origin": resolved.origin},
+    )
+    write_json_atomic(out / MANIFEST_FILE, manifest.to_dict())
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
