@@ -29,7 +29,7 @@ _LOCAL_NAMES = {"localhost", "127.0.0.1", "::1", "ip6-localhost"}
 
 # Prepare a run: make a private temporary directory (with the runner's cleanup marker) and find Python.
 _PREPARE_SCRIPT = (
-    'd=$(mktemp -d "$1/edgeft-bench.XXXXXXXX") || exit 90; touch "$d/.edgeft-bench"; echo "$d"; '
+    'mkdir -p "$1" 2>/dev/null; d=$(mktemp -d "$1/edgeft-bench.XXXXXXXX") || exit 90; touch "$d/.edgeft-bench"; echo "$d"; '
     'if [ -n "$2" ]; then echo "$2"; '
     'elif [ -x "$HOME/.edgeft/venv/bin/python" ]; then echo "$HOME/.edgeft/venv/bin/python"; '
     'else command -v python3 || echo python3; fi'
