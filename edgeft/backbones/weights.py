@@ -5,7 +5,7 @@ Search order for ``--weights imagenet``:
 2. ``$EDGEFT_WEIGHTS_DIR/<keras file name>``
 3. the same backbone and alpha at another input size, found locally (MobileNetV2's shapes are
    size-independent), with a warning naming both files
-4. a download into ``~/.keras/models/`` (short timeout; offline machines fail fast)
+4. a download into ``~/.keras/models/`` (short timeout; skipped when ``EDGEFT_OFFLINE=1``)
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def resolve_imagenet_weights(
             )
             return ResolvedWeights(alternative, "local-other-size", warning)
     keras_dir = search_dirs()[0]
-    if allow_download:
+    if allow_download and os.environ.get("EDGEFT_OFFLINE", "") not in ("1", "true", "yes"):
         target = keras_dir / wanted
         try:
             _download(spec.weights_url_dir + wanted, target)

@@ -235,11 +235,11 @@ def main_finetune(config: FinetuneConfig) -> dict[str, Any]:
     store = prepare_run_dir(config)
     spec = get_backbone(config.backbone)
     resolved = resolve_weights(spec, config.weights, config.alpha, config.image_size)
+    index, splits = load_dataset(config.data_dir, config.image_size, config.val_split, config.seed)
     if resolved.warning:
         log(resolved.warning)
     weights_text = "random initialisation (--weights none)" if resolved.path is None else f"{resolved.path} ({resolved.origin})"
     log(f"weights: {weights_text}")
-    index, splits = load_dataset(config.data_dir, config.image_size, config.val_split, config.seed)
     counts = ", ".join(f"{name} {len(split.samples)}" for name, split in splits.items())
     log(f"data: {len(index.class_names)} classes ({', '.join(index.class_names[:8])}"
         f"{', ...' if len(index.class_names) > 8 else ''}); {counts} images")
