@@ -57,7 +57,7 @@ def cli() -> None:
 @click.option("--val-split", type=float, default=0.2, show_default=True,
               help="Validation fraction when DATA_DIR has no val/ folder.")
 @click.option("--class-weight", type=click.Choice(["none", "auto"]), default="none", show_default=True)
-@click.option("--augment/--no-augment", default=None, help="Random flip/rotation/zoom/contrast in training "
+@click.option("--augment/--no-augment", default=None, help="Random flip/rotation/zoom/contrast in training; with partial/full it applies to the fine-tuning phase "
               "[on for partial and full, off for head].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--mixed-precision", is_flag=True, help="Train with a mixed float16 policy (GPU hosts).")

@@ -36,13 +36,15 @@ def plan_phases(config: FinetuneConfig) -> list[Phase]:
     """The phases ``config`` trains, in order."""
     if config.from_scratch:
         return [Phase("scratch", Trainable.ALL, config.epochs, config.learning_rate, True, False)]
+    # The head phase trains on cached backbone features unless augmentation is asked for with
+    # --strategy head; for partial/full, augmentation applies to the fine-tuning phase only.
     head = Phase(
         "head",
         Trainable.HEAD,
         config.epochs,
         config.learning_rate,
         batchnorm_trains=False,
-        feature_cache=not config.augment,
+        feature_cache=not (config.augment and config.strategy is Strategy.HEAD),
     )
     if config.strategy is Strategy.HEAD:
         return [head]

@@ -1,0 +1,115 @@
+"""edgeft finetune --strategy head vs the textbook Keras transfer-learning loop, side by side.
+
+Same data, backbone, weights, image size and epochs. The textbook loop is the Keras
+tutorial's: ``image_dataset_from_directory``, a frozen base model called inside the
+classifier, ``model.fit`` on images every epoch. edgeft decodes once, computes the frozen
+features once and trains the head on them. Each side runs in its own child process (cold
+caches, its own peak RSS). Prints the figures and writes benchmarks/results/finetune_vs_textbook.json.
+
+    .venv/bin/python benchmarks/bench_finetune_vs_textbook.py [--epochs 10] [--image-size 224]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+DATA = SHARED / "datasets" / "hymenoptera_data"
+WEIGHTS = SHARED / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
+
+EDGEFT_CHILD = r"""
+import json, resource, sys, time
+from pathlib import Path
+from edgeft.training.config import FinetuneConfig
+from edgeft.training.finetune import main_finetune
+data, weights, out, epochs, size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+start = time.perf_counter()
+summary = main_finetune(FinetuneConfig.from_options(data_dir=Path(data), out_dir=Path(out), backbone="mobilenet_v2",
+    alpha=0.35, image_size=size, weights=weights, strategy="head", epochs=epochs, patience=0, augment=False, seed=0))
+wall = time.perf_counter() - start
+print(json.dumps({"wall_s": wall, "val_accuracy": summary["val_accuracy"],
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+TEXTBOOK_CHILD = r"""
+import json, os, resource, sys, time
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+import tensorflow as tf
+import tf_keras as keras
+data, weights, epochs, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+keras.utils.set_random_seed(0)
+start = time.perf_counter()
+train = keras.utils.image_dataset_from_directory(data + "/train", image_size=(size, size), batch_size=32, seed=0)
+val = keras.utils.image_dataset_from_directory(data + "/val", image_size=(size, size), batch_size=32, shuffle=False)
+train = train.prefetch(tf.data.AUTOTUNE)
+val = val.prefetch(tf.data.AUTOTUNE)
+base = keras.applications.MobileNetV2(input_shape=(size, size, 3), include_top=False, weights=weights, alpha=0.35)
+base.trainable = False
+inputs = keras.Input((size, size, 3))
+x = keras.applications.mobilenet_v2.preprocess_input(inputs)
+x = base(x, training=False)
+x = keras.layers.GlobalAveragePooling2D()(x)
+x = keras.layers.Dropout(0.2)(x)
+outputs = keras.layers.Dense(2, activation="softmax")(x)
+model = keras.Model(inputs, outputs)
+model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+model.fit(train, validation_data=val, epochs=epochs, verbose=0)
+accuracy = model.evaluate(val, verbose=0)[1]
+wall = time.perf_counter() - start
+print(json.dumps({"wall_s": wall, "val_accuracy": accuracy,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def _child(code: str, *args: str, env: dict[str, str]) -> dict:
+    completed = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
+    if completed.returncode != 0:
+        raise SystemExit(f"benchmark child failed:\n{completed.stderr[-3000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "finetune_vs_textbook.json")
+    args = parser.parse_args()
+    if not DATA.is_dir() or not WEIGHTS.is_file():
+        raise SystemExit(f"needs {DATA} and {WEIGHTS} (the shared offline assets)")
+    with tempfile.TemporaryDirectory() as scratch:
+        env = dict(os.environ, EDGEFT_CACHE_DIR=str(Path(scratch) / "cache"), TF_CPP_MIN_LOG_LEVEL="3",
+                   TF_USE_LEGACY_KERAS="1")
+        edgeft = _child(EDGEFT_CHILD, str(DATA), str(WEIGHTS), str(Path(scratch) / "run"), str(args.epochs),
+                        str(args.image_size), env=env)
+        textbook = _child(TEXTBOOK_CHILD, str(DATA), str(WEIGHTS), str(args.epochs), str(args.image_size), env=env)
+    result = {
+        "benchmark": "finetune_head_vs_textbook",
+        "dataset": "hymenoptera_data (245 train / 153 val)",
+        "backbone": "mobilenet_v2 alpha 0.35, ImageNet weights",
+        "image_size": args.image_size,
+        "epochs": args.epochs,
+        "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
+        "edgeft": edgeft,
+        "textbook": textbook,
+        "speedup": textbook["wall_s"] / edgeft["wall_s"],
+        "goal_speedup": 5.0,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{'':<10}{'wall s':>10}{'val acc':>10}{'peak RSS MB':>14}")
+    for name in ("edgeft", "textbook"):
+        row = result[name]
+        print(f"{name:<10}{row['wall_s']:>10.1f}{row['val_accuracy']:>10.3f}{row['peak_rss_mb']:>14.0f}")
+    print(f"speed-up: {result['speedup']:.1f}x (goal >= 5x over {args.epochs} epochs) -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
