@@ -20,16 +20,20 @@ def _finetune(data: Path, out: Path, **options: object) -> dict:
     return main_finetune(FinetuneConfig.from_options(data_dir=data, out_dir=out, **options))
 
 
+# The BatchNorm trap needs the real case: all 1,797 digits, from scratch at 32 px, 20 epochs.
+SCRATCH = dict(backbone="mobilenet_v2", alpha=0.35, image_size=32, weights="none", epochs=20,
+               learning_rate=2e-3, seed=0, patience=0)
+
+
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_digits(tmp_path_factory.mktemp("digits") / "data", per_class=50)
+    return write_digits(tmp_path_factory.mktemp("digits") / "data", per_class=200)
 
 
 @pytest.fixture(scope="module")
 def scratch_run(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "scratch"
-    _finetune(digits, out, backbone="mobilenet_v2", alpha=0.35, image_size=32, weights="none", epochs=12,
-              learning_rate=2e-3, seed=0)
+    _finetune(digits, out, **SCRATCH)
     return out
 
 
@@ -58,10 +62,11 @@ def test_run_directory_is_complete(scratch_run: Path) -> None:
 def test_training_from_scratch_generalises(scratch_run: Path) -> None:
     """The BatchNorm trap: high training accuracy with validation at chance (0.10) must not happen."""
     metrics = json.loads((scratch_run / "metrics.json").read_text())
-    assert metrics["val_accuracy"] >= 0.6, metrics["val_accuracy"]
+    assert metrics["val_accuracy"] >= 0.8, metrics["val_accuracy"]
     assert metrics["collapse_warning"] is None
 
 
+@pytest.mark.slow
 def test_keras_default_batchnorm_momentum_collapses_and_is_flagged(digits: Path, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Proves the previous test can fail: without edgeft's BatchNorm handling, validation collapses."""
@@ -70,8 +75,7 @@ def test_keras_default_batchnorm_momentum_collapses_and_is_flagged(digits: Path,
 
     monkeypatch.setattr(model, "TRAINING_BN_MOMENTUM", 0.999)
     monkeypatch.setattr(finetune, "recalibrate_batchnorm", lambda *args, **kwargs: 0)
-    summary = _finetune(digits, tmp_path / "run", backbone="mobilenet_v2", alpha=0.35, image_size=32,
-                        weights="none", epochs=12, learning_rate=2e-3, seed=0, patience=0)
+    summary = _finetune(digits, tmp_path / "run", **SCRATCH)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert summary["val_accuracy"] <= 0.3
     assert metrics["train_accuracy_last_epoch"] >= 0.8
@@ -101,7 +105,7 @@ def test_evaluate_json_matches_metrics(scratch_run: Path, digits: Path) -> None:
     metrics = json.loads((scratch_run / "metrics.json").read_text())
     assert report["accuracy"] == pytest.approx(metrics["val_accuracy"], abs=1e-6)
     on_folder = json.loads(run_edgeft("evaluate", str(scratch_run), str(digits), "--json").stdout)
-    assert on_folder["count"] == 500 and on_folder["source"] == str(digits)
+    assert on_folder["count"] == 1797 and on_folder["source"] == str(digits)
 
 
 def _pretrained_shapes_run(tmp: Path, strategy: str, **options: object) -> tuple[dict, Path]:
