@@ -238,6 +238,77 @@ def doctor(artifacts: tuple[Path, ...], target: str, install: bool, as_json: boo
             click.echo("ok: ready to run edgeft bench")
 
 
+# --------------------------------------------------------------------------- qat / export
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--epochs", type=int, default=3, show_default=True, help="QAT fine-tuning epochs.")
+@click.option("--learning-rate", type=float, default=1e-5, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite a complete run in --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="QAT run directory to write.")
+def qat(run_dir: Path, as_json: bool, **options: Any) -> None:
+    """Quantization-aware fine-tuning of the float run RUN_DIR into a QAT run directory."""
+    from edgeft.quantization import main_qat
+    from edgeft.quantization.qat import QATConfig
+
+    summary = main_qat(QATConfig(run_dir=run_dir, **options))
+    if as_json:
+        _emit_json(summary)
+    else:
+        click.echo(f"QAT run {summary['run_dir']}: val accuracy {summary['val_accuracy']:.4f} "
+                   f"(float {summary['float_val_accuracy']:.4f})")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--formats", default="tflite,onnx", show_default=True, help="Comma list of tflite, onnx, edgetpu.")
+@click.option("--int8", is_flag=True, help="Add full-integer int8 to every chosen format.")
+@click.option("--fp16", is_flag=True, help="Add TFLite float16.")
+@click.option("--dynamic", is_flag=True, help="Add TFLite dynamic-range.")
+@click.option("--all", "all_", is_flag=True, help="Every format and every precision.")
+@click.option("--io-dtype", type=click.Choice(["uint8", "int8", "float32"]), default="uint8", show_default=True,
+              help="Input/output type of full-integer TFLite models.")
+@click.option("--max-drop", type=float, default=None,
+              help="Allowed accuracy loss against Keras, in points [2.0 for int8, 0.5 for the others].")
+@click.option("--calib-size", type=int, default=300, show_default=True, help="Calibration images (train split).")
+@click.option("--calib-dir", type=click.Path(path_type=Path), default=None, help="Calibrate on images under DIR.")
+@click.option("--calib-list", type=click.Path(path_type=Path), default=None,
+              help="Calibrate on the images listed in FILE (see calib/README.md).")
+@click.option("--calib-seed", type=int, default=0, show_default=True)
+@click.option("--calib-sweep", default=None, help="Also report TFLite int8 accuracy at these calibration sizes, "
+              "e.g. 10,50,200 (a bare flag value 'auto' means 10,50,200).")
+@click.option("--calib-method", "onnx_calib_method", type=click.Choice(["minmax", "entropy", "percentile"]),
+              default="minmax", show_default=True, help="ONNX int8 calibration method.")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
+@click.option("--threads", type=int, default=1, show_default=True, help="Threads for the parity/latency runs.")
+@click.option("--in-process", is_flag=True, help="Convert in this process instead of one child per conversion.")
+@click.option("--json", "as_json", is_flag=True, help="Print export_report.json on stdout.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="EXPORT_DIR to write.")
+def export(run_dir: Path, formats: str, calib_sweep: str | None, in_process: bool, as_json: bool,
+           **options: Any) -> None:
+    """Export RUN_DIR to TFLite / ONNX / Edge TPU, check every artifact against Keras, write export_report.*."""
+    from edgeft.export import ExportConfig, main_export
+
+    from edgeft.errors import UsageError
+
+    try:
+        sweep = [10, 50, 200] if calib_sweep == "auto" else [int(v) for v in _csv_list(calib_sweep)]
+    except ValueError:
+        raise UsageError(f"--calib-sweep wants comma-separated sizes such as 10,50,200, got '{calib_sweep}'") from None
+    config = ExportConfig.from_flags(run_dir=run_dir, formats=_csv_list(formats), calib_sweep=sweep,
+                                     isolate=not in_process, **options)
+    report = main_export(config)
+    if as_json:
+        _emit_json(report)
+        return
+    for artifact in report["artifacts"]:
+        accuracy = "-" if artifact["accuracy"] is None else f"{artifact['accuracy']:.4f}"
+        click.echo(f"{artifact['path']:<42} {artifact['size_bytes'] or 0:>10} B  accuracy {accuracy}")
+    click.echo(f"report: {Path(options['out_dir']) / 'export_report.md'}")
+
+
 # --------------------------------------------------------------------------- entry point
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the CLI, turning edgeft errors into one line and an exit code."""

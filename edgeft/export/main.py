@@ -60,7 +60,9 @@ def main_export(config: ExportConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     work = out / ".work"
     work.mkdir(exist_ok=True)
-    specs = plan_artifacts(config, manifest.kind)
+    specs, skipped = plan_artifacts(config, manifest.kind)
+    for skip in skipped:
+        log(f"skipping {skip['format']} {skip['precision']}: {skip['reason']}")
     log(f"export: {run.path} ({manifest.kind} {manifest.backbone} {manifest.image_size} px) -> {out}: "
         + ", ".join(s.filename for s in specs))
 
@@ -141,6 +143,7 @@ def main_export(config: ExportConfig) -> dict[str, Any]:
         "calibration": calibration.describe() if calibration else None,
         "calibration_sweep": sweep,
         "artifacts": records,
+        "skipped": skipped,
         "peak_rss_mb": {k: round(v, 1) for k, v in peak_rss_mb().items()},
         "elapsed_s": round(time.monotonic() - started, 1),
         "versions": package_versions(),

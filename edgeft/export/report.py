@@ -12,6 +12,7 @@ export_report.json (schema ``edgeft.export_report/1``)::
                         (null where not measurable, e.g. Edge TPU without the device)
     calibration         source, size, key, cache_file (null when no int8 artifact)
     calibration_sweep[] calib_size, accuracy, agreement (TFLite int8) when --calib-sweep was given
+    skipped[]           format, precision, reason: requested but not meaningful for this run
     peak_rss_mb         parent, largest_child (MiB)
 """
 
@@ -67,6 +68,8 @@ def markdown(report: dict[str, Any]) -> str:
                   + (f"; first unsupported op: {details['first_unsupported']['op']}" if details.get("first_unsupported") else "")
                   + f" ({details.get('predicted_ops_on_edgetpu', '?')} of {details.get('operators_total', '?')} ops"
                   + (" predicted" if not details.get("compiler") else "") + " on the Edge TPU)."]
+    for skip in report.get("skipped") or []:
+        lines += ["", f"Not exported: {skip['format']} {skip['precision']}: {skip['reason']}."]
     if report.get("calibration"):
         c = report["calibration"]
         lines += ["", f"Calibration: {c['size']} images from {c['source']}."]

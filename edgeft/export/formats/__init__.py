@@ -43,6 +43,8 @@ class Exporter(Protocol):
 
     def filename(self, precision: Precision) -> str: ...
 
+    def skip_reason(self, precision: Precision, run_kind: str) -> str | None: ...
+
     def convert(self, job: ConversionJob, model: Any) -> dict[str, Any]: ...
 
 
@@ -72,17 +74,22 @@ def source_for(precision: Precision, run_kind: str) -> Source:
     return Source.FLOAT if precision == Precision.FLOAT32 else Source.PTQ
 
 
-def plan_artifacts(config: ExportConfig, run_kind: str) -> list[ArtifactSpec]:
-    """The artifacts an export writes, in conversion order (Edge TPU after TFLite int8)."""
+def plan_artifacts(config: ExportConfig, run_kind: str) -> tuple[list[ArtifactSpec], list[dict[str, str]]]:
+    """The artifacts an export writes, in conversion order (Edge TPU after TFLite int8), and those skipped."""
     _load_all()
     specs: list[ArtifactSpec] = []
+    skipped: list[dict[str, str]] = []
     order = [Format.TFLITE, Format.ONNX, Format.EDGETPU]
     for fmt in sorted(config.formats, key=order.index):
         exporter = EXPORTERS[fmt]
         for precision in Precision:
             if precision in exporter.precisions and (precision in config.precisions or fmt == Format.EDGETPU):
+                reason = exporter.skip_reason(precision, run_kind)
+                if reason:
+                    skipped.append({"format": fmt.value, "precision": precision.value, "reason": reason})
+                    continue
                 specs.append(ArtifactSpec(fmt, precision, source_for(precision, run_kind), exporter.filename(precision)))
-    return specs
+    return specs, skipped
 
 
 def artifact_path(out_dir: Path, spec: ArtifactSpec) -> Path:

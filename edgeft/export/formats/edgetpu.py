@@ -146,6 +146,9 @@ class EdgeTpuExporter:
     def filename(self, precision: Precision) -> str:
         return COMPILED_FILE if shutil.which("edgetpu_compiler") else REPORT_FILE
 
+    def skip_reason(self, precision: Precision, run_kind: str) -> str | None:
+        return None
+
     def convert(self, job: ConversionJob, model: Any) -> dict[str, Any]:
         from edgeft.export.formats.tflite import convert_keras_to_tflite
         from edgeft.fileio import write_json_atomic

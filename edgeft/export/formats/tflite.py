@@ -97,6 +97,11 @@ class TFLiteExporter:
     def filename(self, precision: Precision) -> str:
         return FILENAMES[precision]
 
+    def skip_reason(self, precision: Precision, run_kind: str) -> str | None:
+        if run_kind == "qat" and precision in (Precision.FLOAT16, Precision.DYNAMIC_RANGE):
+            return "float16 / dynamic-range quantization of a QAT model is not meaningful: use int8 from a QAT run"
+        return None
+
     def convert(self, job: ConversionJob, model: Any) -> dict[str, Any]:
         from edgeft.export.metadata import embed_tflite_metadata
         from edgeft.fileio import write_bytes_atomic
