@@ -51,8 +51,12 @@ class CheckpointStore:
         return self.state_path.is_file()
 
     def weights_path(self, phase: int, kind: str) -> Path:
-        """``kind``: "last", "best" (during a phase) or "final" (phase finished; full model)."""
-        return self.root / f"phase{phase}_{kind}.weights.h5"
+        """``kind``: "last", "best" (during a phase) or "final" (phase finished; full model).
+
+        Legacy HDF5 (``.h5``, not ``.weights.h5``): Keras' newer weights format fails to load into
+        a model under MirroredStrategy (it assigns h5py datasets to sync-on-read metric variables).
+        """
+        return self.root / f"phase{phase}_{kind}.h5"
 
     def features_path(self, split: str) -> Path:
         return self.root / f"features_{split}.npy"

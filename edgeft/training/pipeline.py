@@ -19,12 +19,13 @@ def augmentation_layers(seed: int) -> Any:
     from edgeft.tfcompat import keras
 
     k = keras()
+    # float32 whatever the global policy: under mixed_float16 the contrast op has no CPU kernel.
     return k.Sequential(
         [
-            k.layers.RandomFlip("horizontal", seed=seed),
-            k.layers.RandomRotation(0.1, seed=seed + 1),
-            k.layers.RandomZoom(0.1, seed=seed + 2),
-            k.layers.RandomContrast(0.1, seed=seed + 3),
+            k.layers.RandomFlip("horizontal", seed=seed, dtype="float32"),
+            k.layers.RandomRotation(0.1, seed=seed + 1, dtype="float32"),
+            k.layers.RandomZoom(0.1, seed=seed + 2, dtype="float32"),
+            k.layers.RandomContrast(0.1, seed=seed + 3, dtype="float32"),
         ],
         name="augmentation",
     )
