@@ -1,0 +1,98 @@
+"""Bad input to `edgeft export` / `edgeft qat`: one line on stderr and the documented exit code."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from export_helpers import mobilenet_run
+
+from edgeft.cli import main
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    captured = capsys.readouterr()
+    return int(exit_info.value.code or 0), captured.out, captured.err
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_missing_run_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _cli(capsys, "export", str(tmp_path / "nope"), "--out", str(tmp_path / "x"))
+    assert code == 2 and out == ""
+    assert "run directory not found" in _one_error_line(err)
+    code, _, err = _cli(capsys, "qat", str(tmp_path / "nope"), "--out", str(tmp_path / "q"))
+    assert code == 2 and "run directory not found" in _one_error_line(err)
+
+
+def test_corrupted_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "edgeft.json").write_text("{not json")
+    (run / "model.keras").write_bytes(b"x")
+    code, _, err = _cli(capsys, "export", str(run), "--out", str(tmp_path / "x"))
+    assert code == 2 and "corrupted run manifest" in _one_error_line(err)
+
+
+def test_unknown_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _cli(capsys, "export", str(tmp_path), "--formats", "tflite,coreml", "--out", str(tmp_path / "x"))
+    assert code == 2 and "unknown export format 'coreml'" in _one_error_line(err)
+
+
+def test_corrupted_model_file(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    source = mobilenet_run(tmp_path_factory)
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    (run / "model.keras").write_bytes(b"PK\x03\x04 this is not a model")
+    code, _, err = _cli(capsys, "export", str(run), "--formats", "tflite", "--out", str(tmp_path / "x"))
+    assert code == 2
+    assert "cannot load Keras model" in _one_error_line(err)
+
+
+def test_int8_without_calibration_data(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    source = mobilenet_run(tmp_path_factory)
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    manifest = json.loads((run / "edgeft.json").read_text())
+    manifest["splits"]["train"] = []
+    (run / "edgeft.json").write_text(json.dumps(manifest))
+    code, _, err = _cli(capsys, "export", str(run), "--formats", "tflite", "--int8", "--in-process",
+                        "--out", str(tmp_path / "x"))
+    assert code == 2
+    line = _one_error_line(err)
+    assert "calibration" in line and "--calib-dir" in line
+
+
+def test_max_drop_exceeded_exits_6_and_still_writes_the_report(tmp_path_factory: pytest.TempPathFactory,
+                                                                tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from edgeft.export import parity
+
+    run = mobilenet_run(tmp_path_factory)
+    real_check = parity.check_artifact
+
+    def wrong_half_the_time(runner, inputs, labels, keras_probs, latency_runs=30):  # type: ignore[no-untyped-def]
+        result = real_check(runner, inputs, labels, keras_probs, 0)
+        return parity.ParityResult(result.accuracy - 0.5, 0.5, result.max_abs_diff, None, result.samples)
+
+    monkeypatch.setattr(parity, "check_artifact", wrong_half_the_time)
+    out = tmp_path / "x"
+    code, _, err = _cli(capsys, "export", str(run), "--formats", "tflite", "--in-process", "--out", str(out))
+    assert code == 6
+    line = _one_error_line(err)
+    assert "model_float32.tflite lost" in line and "--max-drop" in line
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["artifacts"][0]["passed"] is False
+    assert np.isclose(report["artifacts"][0]["accuracy_drop_pts"], 50.0, atol=0.01)

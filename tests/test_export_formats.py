@@ -1,0 +1,126 @@
+"""edgeft export on a real-weight MobileNetV2 0.35 run (64 px): every format, parity, metadata, sizes.
+
+The run uses the shared ImageNet weights, so the model's outputs differ from image to image and
+the agreement checks can fail (with ``weights=None`` MobileNetV2's outputs collapse and every
+agreement check would pass vacuously).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from export_helpers import mobilenet_run
+
+from edgeft.export import ExportConfig, main_export
+from edgeft.export.formats.edgetpu import VERDICT_FULL, VERDICT_NOT_QUANTIZED, analyze_tflite
+from edgeft.export.metadata import METADATA_KEY, read_onnx_metadata, read_tflite_metadata
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    run = mobilenet_run(tmp_path_factory)
+    out = tmp_path_factory.mktemp("export-mnv2")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDGEFT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "edgeft-cache"))
+        config = ExportConfig.from_flags(run, out, all_=True, calib_size=24, calib_sweep=[8], isolate=False,
+                                         latency_runs=10, max_drop=100.0)
+        report = main_export(config)
+    return out, report
+
+
+def _artifact(report: dict, fmt: str, precision: str) -> dict:
+    return next(a for a in report["artifacts"] if a["format"] == fmt and a["precision"] == precision)
+
+
+def test_report_lists_every_artifact_with_measurements(exported: tuple[Path, dict]) -> None:
+    out, report = exported
+    on_disk = json.loads((out / "export_report.json").read_text())
+    assert on_disk["keras_accuracy"] == report["keras_accuracy"]
+    assert (out / "export_report.md").read_text().count("| tflite |") == 4
+    names = {a["path"] for a in report["artifacts"]}
+    assert {"model_float32.tflite", "model_float16.tflite", "model_dynamic_range.tflite", "model_int8.tflite",
+            "model_float32.onnx", "model_int8.onnx"} <= names
+    for artifact in report["artifacts"]:
+        assert artifact["format"] in {"tflite", "onnx", "edgetpu"}
+        assert artifact["precision"] in {"float32", "float16", "dynamic_range", "int8"}
+        assert artifact["source"] == ("float" if artifact["precision"] == "float32" else "ptq")
+        assert (out / artifact["path"]).is_file() and artifact["size_bytes"] > 0
+        assert (out / (artifact["path"] + ".json")).is_file()
+        if artifact["format"] != "edgetpu":
+            assert 0.0 <= artifact["accuracy"] <= 1.0 and 0.0 <= artifact["agreement"] <= 1.0
+            assert artifact["latency_ms"] > 0
+    assert report["calibration"]["size"] == 24 and report["calibration"]["source"] == "train-split"
+    assert report["calibration_sweep"][0]["calib_size"] == 8
+    assert not (out / ".work").exists()
+
+
+def test_float_artifacts_match_keras_and_int8_agrees(exported: tuple[Path, dict]) -> None:
+    out, report = exported
+    assert report["keras_accuracy"] >= 0.8  # real features: the check below is not vacuous
+    for fmt in ("tflite", "onnx"):
+        float32 = _artifact(report, fmt, "float32")
+        assert float32["agreement"] == 1.0 and float32["max_abs_diff"] < 1e-4
+        int8 = _artifact(report, fmt, "int8")
+        assert int8["agreement"] >= 0.8 and int8["max_abs_diff"] < 0.5
+    assert _artifact(report, "tflite", "float16")["agreement"] >= 0.95
+
+
+def test_int8_is_small(exported: tuple[Path, dict]) -> None:
+    _, report = exported
+    assert _artifact(report, "tflite", "int8")["size_ratio"] <= 0.40
+    assert _artifact(report, "tflite", "dynamic_range")["size_ratio"] <= 0.40
+    assert _artifact(report, "tflite", "float16")["size_ratio"] <= 0.55
+    assert _artifact(report, "onnx", "int8")["size_ratio"] <= 0.45
+
+
+def test_metadata_is_embedded(exported: tuple[Path, dict]) -> None:
+    out, report = exported
+    meta = read_tflite_metadata(out / "model_int8.tflite")
+    assert meta is not None and meta["labels"] == report["labels"] == ["blue", "green", "red"]
+    assert meta["image_size"] == 64 and meta["preprocessing"]["channel_order"] == "RGB"
+    assert meta["input"]["dtype"] == "uint8" and meta["input"]["shape"] == [1, 64, 64, 3]
+    scale, zero = meta["input"]["quantization"]["scale"], meta["input"]["quantization"]["zero_point"]
+    assert abs(scale - 2 / 255) < 1e-3 and abs(zero - 127.5) <= 2  # [-1, 1] input range
+    assert meta["precision"] == "int8" and meta["source"] == "ptq" and meta["calibration"]["size"] == 24
+    assert read_tflite_metadata(out / "model_float32.tflite")["input"]["quantization"] is None
+    onnx_meta = read_onnx_metadata(out / "model_int8.onnx")
+    assert onnx_meta["labels"] == report["labels"] and onnx_meta["onnx"]["quant_format"] == "QDQ"
+    sidecar = json.loads((out / "model_int8.onnx.json").read_text())
+    assert sidecar["parity"]["agreement"] == _artifact(report, "onnx", "int8")["agreement"]
+    assert METADATA_KEY == "edgeft.metadata"
+
+
+def test_exported_tflite_runs_batch_one_static(exported: tuple[Path, dict]) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    out, _ = exported
+    interpreter = Interpreter(model_path=str(out / "model_int8.tflite"))
+    detail = interpreter.get_input_details()[0]
+    assert list(detail["shape"]) == [1, 64, 64, 3] and list(detail["shape_signature"]) == [1, 64, 64, 3]
+    assert detail["dtype"] == np.uint8
+
+
+def test_edgetpu_report_for_int8_mobilenet(exported: tuple[Path, dict]) -> None:
+    out, report = exported
+    edgetpu = _artifact(report, "edgetpu", "int8")
+    assert edgetpu["accuracy"] is None and edgetpu["latency_ms"] is None
+    details = json.loads((out / edgetpu["path"]).read_text())
+    assert details["full_integer"] and details["static_shapes"] and details["subgraphs"] == 1
+    assert details["verdict"] == VERDICT_FULL and details["predicted_ops_on_cpu"] == 0
+
+
+def test_edgetpu_check_refuses_a_float_model(tmp_path: Path) -> None:
+    from edgeft.tfcompat import keras, tf
+
+    k = keras()
+    inputs = k.Input((16, 16, 3))
+    x = k.layers.Conv2D(4, 3, activation="relu")(inputs)
+    x = k.layers.GlobalAveragePooling2D()(x)
+    model = k.Model(inputs, k.layers.Dense(2, activation="softmax")(x))
+    float_bytes = tf().lite.TFLiteConverter.from_keras_model(model).convert()
+    analysis = analyze_tflite(float_bytes)
+    assert analysis["verdict"] == VERDICT_NOT_QUANTIZED and not analysis["full_integer"]
+    assert "CONV_2D" in analysis["float_ops"]

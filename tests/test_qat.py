@@ -1,0 +1,112 @@
+"""edgeft qat: QAT run directories for MobileNetV2 (real weights) and EfficientNet-B0, refusals, QAT export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from export_helpers import mobilenet_run, session_run
+
+from edgeft.errors import QuantizationError
+
+
+@pytest.fixture(scope="module")
+def qat_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from edgeft.quantization.qat import QATConfig, main_qat
+
+    run = mobilenet_run(tmp_path_factory)
+    out = tmp_path_factory.getbasetemp() / "qat-mnv2-64"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDGEFT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "edgeft-cache"))
+        main_qat(QATConfig(run, out, epochs=1))
+    return out
+
+
+def test_qat_run_directory_has_the_run_shape(qat_run: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    from edgeft.run.rundir import RunDir
+
+    run = RunDir.open(qat_run)
+    assert run.manifest.kind == "qat"
+    assert run.manifest.parent_run == str(mobilenet_run(tmp_path_factory).resolve())
+    assert (qat_run / "labels.txt").read_text().split() == list(run.manifest.class_names)
+    metrics = json.loads((qat_run / "metrics.json").read_text())
+    assert 0.0 <= metrics["val_accuracy"] <= 1.0 and "float_val_accuracy" in metrics
+    assert (qat_run / "history.csv").read_text().startswith("phase,epoch")
+    model = run.load_keras_model()  # custom QuantizeConfigs and tfmot wrappers load
+    assert any(type(layer).__name__.startswith("QuantizeWrapper") for layer in model.layers)
+    # QAT keeps the float model's accuracy within a few points on this easy set
+    assert metrics["val_accuracy"] >= metrics["float_val_accuracy"] - 0.12
+
+
+def test_qat_export_int8_keeps_trained_ranges(qat_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path_factory: pytest.TempPathFactory) -> None:
+    from edgeft.export import ExportConfig, main_export
+    from edgeft.export.metadata import read_tflite_metadata
+
+    monkeypatch.setenv("EDGEFT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "edgeft-cache"))
+    report = main_export(ExportConfig.from_flags(qat_run, tmp_path, formats=["tflite", "onnx"], int8=True,
+                                                 calib_size=32, isolate=False, latency_runs=5, max_drop=100.0))
+    by_key = {(a["format"], a["precision"]): a for a in report["artifacts"]}
+    assert report["run_kind"] == "qat"
+    assert {a["source"] for a in report["artifacts"]} == {"qat"}
+    assert [s["format"] + ":" + s["precision"] for s in report["skipped"]] == ["tflite:float32", "onnx:float32"]
+    assert by_key[("tflite", "int8")]["agreement"] >= 0.9  # int8 TFLite computes what the QAT model computes
+    assert by_key[("onnx", "int8")]["agreement"] >= 0.9
+    assert read_tflite_metadata(tmp_path / "model_int8.tflite")["source"] == "qat"
+
+
+def test_qat_refuses_a_nested_model() -> None:
+    from edgeft.quantization.qat import quantize_flat_model
+    from edgeft.tfcompat import keras
+
+    k = keras()
+    inner_in = k.Input((8, 8, 3))
+    inner = k.Model(inner_in, k.layers.Conv2D(4, 3)(inner_in), name="backbone")
+    outer_in = k.Input((8, 8, 3))
+    x = k.layers.GlobalAveragePooling2D()(inner(outer_in))
+    model = k.Model(outer_in, k.layers.Dense(2)(x))
+    with pytest.raises(QuantizationError, match="'backbone'.*flat functional graph"):
+        quantize_flat_model(model)
+
+
+def test_qat_refuses_an_unsupported_layer_by_name() -> None:
+    from edgeft.quantization.qat import quantize_flat_model
+    from edgeft.tfcompat import keras
+
+    k = keras()
+    inputs = k.Input((8, 8, 3))
+    x = k.layers.Conv2D(4, 3)(inputs)
+    x = k.layers.LayerNormalization(name="odd_norm")(x)
+    x = k.layers.GlobalAveragePooling2D()(x)
+    model = k.Model(inputs, k.layers.Dense(2)(x))
+    with pytest.raises(QuantizationError, match="'odd_norm' \\(LayerNormalization\\).*edgeft export RUN --int8"):
+        quantize_flat_model(model)
+
+
+def test_efficientnet_qat_and_int8_export_end_to_end(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """EfficientNet-B0 (weights none, 32 px): Rescaling/Normalization/Multiply get output quantizers."""
+    from edgeft.export import ExportConfig, main_export
+    from edgeft.quantization.qat import QATConfig, main_qat
+
+    run = session_run(tmp_path_factory, "effb0-32", backbone="efficientnet_b0", alpha=None, image_size=32,
+                      weights=None, epochs=3, learning_rate=1e-2)
+    monkeypatch.setenv("EDGEFT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "edgeft-cache"))
+    qat_dir = tmp_path / "qat"
+    summary = main_qat(QATConfig(run, qat_dir, epochs=1))
+    manifest = json.loads((qat_dir / "edgeft.json").read_text())
+    quantized = manifest["extra"]["quantization"]["output_quantized_layers"]
+    assert any(name.startswith("rescaling") for name in quantized) and len(quantized) >= 16
+    assert summary["val_accuracy"] >= 0.0
+    report = main_export(ExportConfig.from_flags(qat_dir, tmp_path / "export", formats=["tflite", "edgetpu"],
+                                                 int8=True, calib_size=16, isolate=False, latency_runs=3,
+                                                 max_drop=100.0))
+    int8 = next(a for a in report["artifacts"] if a["format"] == "tflite" and a["precision"] == "int8")
+    # weights=None EfficientNet is numerically chaotic (the Keras model's own batch-16 and batch-1 outputs differ
+    # by up to 0.45), so agreement is recorded, not asserted; MobileNetV2 above asserts it on real weights.
+    assert 0.0 <= int8["agreement"] <= 1.0 and int8["accuracy"] is not None
+    assert int8["size_bytes"] <= 0.32 * 16_000_000  # EfficientNet-B0 float32 TFLite is about 16 MB
+    edgetpu = next(a for a in report["artifacts"] if a["format"] == "edgetpu")
+    assert edgetpu["details"]["full_integer"] and edgetpu["details"]["static_shapes"]
+    assert (tmp_path / "export" / "export_report.md").read_text().count("| tflite |") == 1
