@@ -114,22 +114,32 @@ def _compile(model: Any, learning_rate: float) -> None:
     )
 
 
-def _features(model: Any, split: LoadedSplit, config: FinetuneConfig, preprocessing: Any, path: Path) -> np.ndarray:
-    """Pooled backbone features of a split, computed once and kept in the checkpoint folder."""
+def _features(model: Any, splits: dict[str, LoadedSplit], config: FinetuneConfig, preprocessing: Any,
+              store: CheckpointStore) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled backbone features of the train and val splits, computed once and kept with the checkpoints.
+
+    Both splits go through one ``predict`` call: each call traces the model anew, which on a
+    small set costs as much as the forward passes themselves.
+    """
     from edgeft.fileio import atomic_path
     from edgeft.tfcompat import keras
 
-    if path.is_file():
-        cached = np.load(path, allow_pickle=False)
-        if cached.shape[0] == len(split.labels):
-            return cached
+    train, val = splits["train"], splits["val"]
+    paths = store.features_path("train"), store.features_path("val")
+    if all(path.is_file() for path in paths):
+        cached = [np.load(path, allow_pickle=False) for path in paths]
+        if cached[0].shape[0] == len(train.labels) and cached[1].shape[0] == len(val.labels):
+            return cached[0], cached[1]
     extractor = keras().Model(model.input, model.get_layer("pool").output)
-    dataset = image_dataset(split.images, None, preprocessing, config.batch_size)
+    images = np.concatenate([train.images, val.images])
+    dataset = image_dataset(images, None, preprocessing, config.batch_size)
     features = extractor.predict(dataset, verbose=0).astype(np.float32)
-    with atomic_path(path) as temp:
-        with open(temp, "wb") as handle:
-            np.save(handle, features, allow_pickle=False)
-    return features
+    parts = features[: len(train.labels)], features[len(train.labels):]
+    for path, part in zip(paths, parts):
+        with atomic_path(path) as temp:
+            with open(temp, "wb") as handle:
+                np.save(handle, part, allow_pickle=False)
+    return parts
 
 
 def _run_phase(
@@ -159,8 +169,7 @@ def _run_phase(
         + (", on cached backbone features" if phase.feature_cache else ""))
     done = phase_state.epochs_done >= phase.epochs or (config.patience > 0 and phase_state.wait >= config.patience)
     if phase.feature_cache:
-        train_features = _features(model, train, config, preprocessing, store.features_path("train"))
-        val_features = _features(model, val, config, preprocessing, store.features_path("val"))
+        train_features, val_features = _features(model, splits, config, preprocessing, store)
         with strategy.scope():
             head = k.Sequential(
                 [
