@@ -84,6 +84,7 @@ def test_qat_refuses_an_unsupported_layer_by_name() -> None:
         quantize_flat_model(model)
 
 
+@pytest.mark.slow  # about 4 minutes on 2 cores: EfficientNet QAT training and its int8 conversion
 def test_efficientnet_qat_and_int8_export_end_to_end(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """EfficientNet-B0 (weights none, 32 px): Rescaling/Normalization/Multiply get output quantizers."""
