@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,12 +132,23 @@ def decode_files(files: list[Path], size: int, label: str = "decoding images") -
             pass  # a damaged cache entry is simply rebuilt
     images = np.zeros((len(files), size, size, 3), dtype=np.uint8)
     failures: list[tuple[str, str] | None] = []
-    for index, path in track(enumerate(files), len(files), label):
+
+    def decode(path: Path) -> np.ndarray | tuple[str, str]:
         try:
-            images[index] = decode_image(path, size)
-            failures.append(None)
+            return decode_image(path, size)
         except ImageDecodeError as error:
-            failures.append((error.reason.value, error.detail[:200]))
+            return error.reason.value, error.detail[:200]
+
+    # Pillow releases the GIL while decoding, so threads use every core; each worker holds
+    # one image at a time, which keeps memory flat for huge photos.
+    workers = max(1, min(8, os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for index, result in track(enumerate(pool.map(decode, files)), len(files), label):
+            if isinstance(result, np.ndarray):
+                images[index] = result
+                failures.append(None)
+            else:
+                failures.append(result)
     try:
         from edgeft.fileio import atomic_path
 

@@ -8,19 +8,17 @@ from typing import Any, Sequence
 from edgeft.fileio import atomic_path
 
 
-def _pyplot() -> Any:
-    import matplotlib
+def _figure(width: float, height: float) -> Any:
+    # The object API, not pyplot: no global state, no GUI backend, faster to import.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=(width, height))
 
 
 def plot_history(rows: list[dict[str, Any]], path: Path) -> None:
     """Loss and accuracy per epoch for train and validation, phases separated by a line."""
-    plt = _pyplot()
-    figure, (loss_axis, acc_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    figure = _figure(10, 4)
+    loss_axis, acc_axis = figure.subplots(1, 2)
     steps = list(range(1, len(rows) + 1))
     for axis, metric in ((loss_axis, "loss"), (acc_axis, "accuracy")):
         axis.plot(steps, [r.get(metric) for r in rows], label=f"train {metric}")
@@ -35,17 +33,16 @@ def plot_history(rows: list[dict[str, Any]], path: Path) -> None:
     figure.tight_layout()
     with atomic_path(path) as temp:
         figure.savefig(temp, format="png", dpi=100)
-    plt.close(figure)
 
 
 def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: Path, title: str) -> None:
     """The confusion matrix as a heat map with counts."""
     import numpy as np
 
-    plt = _pyplot()
     data = np.asarray(matrix)
     size = max(4.0, 0.5 * len(class_names) + 2)
-    figure, axis = plt.subplots(figsize=(size, size))
+    figure = _figure(size, size)
+    axis = figure.subplots()
     axis.imshow(data, cmap="Blues")
     axis.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
     axis.set_yticks(range(len(class_names)), class_names)
@@ -58,4 +55,3 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence
     figure.tight_layout()
     with atomic_path(path) as temp:
         figure.savefig(temp, format="png", dpi=100)
-    plt.close(figure)
