@@ -744,8 +744,9 @@ def bench(spec: Dict[str, Any], cleanup: Cleanup, workdir: str) -> Dict[str, Any
             row.update(result)
             rows.append(row)
         # accuracy does not depend on the thread count: copy it to this model's other rows
-        first = rows[-len(threads_list)]
-        for other in rows[-len(threads_list) + 1:]:
+        model_rows = rows[len(rows) - len(threads_list):]
+        first = model_rows[0]
+        for other in model_rows[1:]:
             for key in ("accuracy", "top5_accuracy", "eval_count"):
                 if key in first and "error" not in other:
                     other[key] = first[key]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -52,3 +53,28 @@ def test_option_errors(tmp_path):
     model.write_bytes(b"x")
     result = _edgeft("bench", str(model), "--runs", "3", "--duration", "1", "--out", str(tmp_path / "b"))
     assert result.returncode == 2 and "exclusive" in result.stderr
+
+
+@needs_model
+def test_each_artifact_gets_its_own_accuracy(tmp_path):
+    """Two models that disagree must get different accuracies in one bench (one thread count)."""
+    from PIL import Image
+
+    labels = (SHARED / "models" / "imagenet_labels.txt").read_text().splitlines()
+    cat = np.asarray(Image.open(SHARED / "models" / "cat.bmp").convert("RGB").resize((224, 224)), dtype=np.uint8)
+    eval_set = tmp_path / "eval.npz"
+    np.savez(eval_set, images=cat[None], labels=np.array([labels.index("Egyptian cat")]))
+    good = tmp_path / "a_good.tflite"
+    blind = tmp_path / "b_blind.tflite"
+    good.write_bytes(MODEL.read_bytes())
+    blind.write_bytes(MODEL.read_bytes())
+    # The second model's sidecar maps every pixel to the same value: it cannot see the cat.
+    blind.with_name(blind.name + ".json").write_text(json.dumps(
+        {"preprocessing": {"scale": [0.0, 0.0, 0.0], "offset": [0.0, 0.0, 0.0], "channel_order": "RGB"},
+         "input_quantization": {"scale": 1 / 127.5, "zero_point": 127}}))
+    result = _edgeft("bench", str(good), str(blind), "--runs", "2", "--warmup", "0", "--threads", "1",
+                     "--eval", str(eval_set), "--json", "--remote-tmpdir", str(tmp_path / "device"),
+                     "--out", str(tmp_path / "b"))
+    assert result.returncode == 0, result.stderr
+    accuracy = {row["artifact"]: row["accuracy"] for row in json.loads(result.stdout)["rows"]}
+    assert accuracy == {"a_good.tflite": 1.0, "b_blind.tflite": 0.0}
