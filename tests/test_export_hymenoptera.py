@@ -32,8 +32,10 @@ def test_float_ptq_qat_side_by_side(tmp_path: Path, capsys: pytest.CaptureFixtur
     _cli("finetune", str(HYMENOPTERA), "--backbone", "mobilenet_v2", "--alpha", "0.35", "--image-size", "224",
          "--weights", str(MOBILENET_035_WEIGHTS), "--strategy", "head", "--out", str(run))
     _cli("qat", str(run), "--epochs", "3", "--out", str(qat))
-    _cli("export", str(run), "--formats", "tflite,onnx", "--int8", "--calib-size", "200", "--out", str(ptq_export))
-    _cli("export", str(qat), "--formats", "tflite", "--int8", "--calib-size", "200", "--out", str(qat_export))
+    _cli("export", str(run), "--formats", "tflite,onnx", "--int8", "--calib-size", "200", "--max-drop", "100",
+         "--out", str(ptq_export))
+    _cli("export", str(qat), "--formats", "tflite", "--int8", "--calib-size", "200", "--max-drop", "100",
+         "--out", str(qat_export))
     capsys.readouterr()
 
     ptq = json.loads((ptq_export / "export_report.json").read_text())

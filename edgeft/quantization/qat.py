@@ -194,6 +194,10 @@ def main_qat(config: QATConfig) -> dict[str, Any]:
     float_accuracy = _accuracy(model, x_val, val.labels, config.batch_size)
     log(f"qat: float model val accuracy {float_accuracy:.4f}; annotating {len(model.layers)} layers")
 
+    # QAT adapts the weights to the quantization grid: every layer trains (a head-only float run froze the
+    # backbone), except BatchNormalization, which stays frozen in inference mode with its statistics.
+    for layer in model.layers:
+        layer.trainable = type(layer).__name__ not in FOLDED_LAYERS
     qat_model = quantize_flat_model(model)
     qat_model.compile(optimizer=k.optimizers.Adam(config.learning_rate), loss="sparse_categorical_crossentropy",
                       metrics=["accuracy"])
