@@ -153,12 +153,9 @@ def build_calibration_set(
     identity.update(json.dumps([CACHE_VERSION, source, data_hash, preprocessing.to_dict(), image_size, size, seed],
                                sort_keys=True).encode())
     if not data_hash:  # no content hash: fall back to file identity
-        for path in files:
-            try:
-                stat = path.stat()
-                identity.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-            except OSError:
-                identity.update(f"{path}|missing\n".encode())
+        from edgeft.data.dataset import hash_file_identity
+
+        hash_file_identity(identity, files)
     key = identity.hexdigest()[:24]
     cache_file = _cache_root() / f"{key}.npz"
     if use_cache and cache_file.is_file():

@@ -100,14 +100,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("EDGEFT_CACHE_DIR") or Path.home() / ".cache" / "edgeft")
 
 
-def _decode_key(files: list[Path], size: int) -> str:
-    digest = hashlib.sha256(f"decode-v1 size={size}".encode())
+def hash_file_identity(digest: "hashlib._Hash", files: list[Path]) -> None:
+    """Feed each file's path, size and mtime into ``digest`` (a cache key that changes with the files)."""
     for path in files:
         try:
             stat = path.stat()
             digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
         except OSError:
             digest.update(f"{path}|missing\n".encode())
+
+
+def _decode_key(files: list[Path], size: int) -> str:
+    digest = hashlib.sha256(f"decode-v1 size={size}".encode())
+    hash_file_identity(digest, files)
     return digest.hexdigest()[:32]
 
 
