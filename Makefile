@@ -21,7 +21,12 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q tests
 
 bench: $(STAMP)
-	$(VENV)/bin/python benchmarks/run_all.py
+	$(VENV)/bin/python benchmarks/bench_finetune_vs_textbook.py
+	$(VENV)/bin/python benchmarks/bench_export_speed.py
+	$(VENV)/bin/python benchmarks/bench_runner_overhead.py
+	$(VENV)/bin/python benchmarks/bench_int8_speedup.py prepare runs/int8-bench
+	$(VENV)/bin/python benchmarks/bench_int8_speedup.py measure runs/int8-bench --threads 1,2 \
+		--out benchmarks/results/int8_speedup_local.json
 
 clean:
 	rm -rf runs build dist *.egg-info

@@ -14,7 +14,6 @@ Usage: .venv/bin/python benchmarks/bench_export_speed.py [--threads 1] [--sizes 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys

@@ -489,6 +489,19 @@ def throttle_state() -> Optional[str]:
     return match.group(1) if match else None
 
 
+# int8 runs faster than float only where the CPU has 8-bit dot-product instructions.
+_SIMD_FLAGS = ("sse4_1", "avx2", "fma", "avx512f", "asimd", "neon")
+_INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "avx_vnni_int8", "amx_int8", "asimddp", "i8mm")
+
+
+def cpu_features(cpuinfo: str) -> Tuple[List[str], List[str]]:
+    """(SIMD extensions, int8 dot-product extensions) named in /proc/cpuinfo's flags/Features."""
+    flags = set()
+    for match in re.finditer(r"^(?:flags|Features)\s*:\s*(.+)$", cpuinfo, re.M):
+        flags.update(match.group(1).split())
+    return [f for f in _SIMD_FLAGS if f in flags], [f for f in _INT8_DOT_FLAGS if f in flags]
+
+
 def doctor() -> Dict[str, Any]:
     """Facts about this device and what it can run."""
     facts: Dict[str, Any] = {
@@ -522,6 +535,7 @@ def doctor() -> Dict[str, Any]:
             break
     if facts["cpu_model"] is None:
         facts["cpu_model"] = platform.processor() or None
+    facts["simd"], facts["int8_isa"] = cpu_features(cpuinfo)
     meminfo = _read("/proc/meminfo") or ""
     for key, field in (("MemAvailable", "mem_available_mb"), ("MemTotal", "mem_total_mb")):
         match = re.search(r"^%s:\s*(\d+) kB" % key, meminfo, re.M)

@@ -44,6 +44,14 @@ def test_export_dir_expands_to_its_models_and_json_has_schema(tmp_path):
                 "peak_rss_mb", "accuracy", "runtime", "runtime_version", "emulated"):
         assert key in row
     assert row["artifact"] == "model_int8.tflite" and row["accuracy"] is None and row["emulated"] is False
+    # an int8 model on a CPU without 8-bit dot products gets a warning; the expectation is read from /proc here
+    flags = set(" ".join(line.split(":", 1)[1] for line in Path("/proc/cpuinfo").read_text().splitlines()
+                         if line.startswith(("flags", "Features"))).split())
+    has_int8_dot = bool(flags & {"avx512_vnni", "avx_vnni", "avx_vnni_int8", "amx_int8", "asimddp", "i8mm"})
+    device = report["targets"]["local"]["device"]
+    assert (device["int8_isa"] == []) is (not has_int8_dot)
+    warned = [w for w in report["warnings"] if "8-bit dot-product" in w]
+    assert len(warned) == (0 if has_int8_dot else 1), report["warnings"]
 
 
 def test_option_errors(tmp_path):

@@ -96,3 +96,23 @@ def test_max_drop_exceeded_exits_6_and_still_writes_the_report(tmp_path_factory:
     report = json.loads((out / "export_report.json").read_text())
     assert report["artifacts"][0]["passed"] is False
     assert np.isclose(report["artifacts"][0]["accuracy_drop_pts"], 50.0, atol=0.01)
+
+
+def test_a_conversion_process_that_dies_is_one_line_with_its_last_message(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child killed mid-conversion (the kernel's OOM killer, say) becomes an ExportError, not a hang or traceback."""
+    import sys
+
+    from edgeft.errors import ExportError
+    from edgeft.export.worker import run_in_child
+
+    dying_python = tmp_path / "python"
+    dying_python.write_text("#!/bin/sh\necho 'converter: some chatter' >&2\n"
+                            "echo 'F0000 allocator.cc:12] Out of memory while converting' >&2\nkill -9 $$\n")
+    dying_python.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(dying_python))
+    with pytest.raises(ExportError) as caught:
+        run_in_child({"task": "convert"}, tmp_path / "work", "model_int8.tflite")
+    message = caught.value.message
+    assert message.startswith("model_int8.tflite: the conversion process died (killed by signal 9): F0000 allocator")
+    assert "--in-process" in message and "\n" not in message

@@ -124,3 +124,131 @@ def test_edgetpu_check_refuses_a_float_model(tmp_path: Path) -> None:
     analysis = analyze_tflite(float_bytes)
     assert analysis["verdict"] == VERDICT_NOT_QUANTIZED and not analysis["full_integer"]
     assert "CONV_2D" in analysis["float_ops"]
+
+
+# A real edgetpu_compiler exists for x86-64 Linux only and is not on PyPI or Debian, so these
+# tests put a stand-in on PATH that writes what the real one writes (its log format is taken
+# from compiler 16.0 output); the names say "mocked_compiler".
+_FAKE_COMPILER = '''#!{python}
+import shutil, sys
+from pathlib import Path
+args = sys.argv[1:]
+out_dir = Path(args[args.index("-o") + 1])
+model = Path(args[-1])
+if {fail_not_quantized}:
+    print("Edge TPU Compiler version 16.0.384591198")
+    print("ERROR: Attempting to use a delegate that only supports static-sized tensors with a graph that has dynamic-sized tensors.")
+    print("Model not quantized")
+    sys.exit(1)
+shutil.copyfile(model, out_dir / (model.stem + "_edgetpu.tflite"))
+print("""Edge TPU Compiler version 16.0.384591198
+Started a compilation timeout timer of 180 seconds.
+
+Model compiled successfully in 412 ms.
+
+Input model: {{m}}
+Input size: 609.38KiB
+Output model: {{o}}
+Output size: 801.12KiB
+On-chip memory used for caching model parameters: 702.25KiB
+On-chip memory remaining for caching model parameters: 7.07MiB
+Off-chip memory used for streaming uncached model parameters: 0.00B
+Number of Edge TPU subgraphs: 1
+Total number of operations: 68
+Operation log: {{o}}.log
+
+Model successfully compiled but not all operations are supported by the Edge TPU. A percentage of the model will instead run on the CPU, which is slower. If possible, consider updating your model to use only operations supported by the Edge TPU. For details, visit g.co/coral/model-reqs.
+Number of operations that will run on Edge TPU: 67
+Number of operations that will run on CPU: 1
+
+Operator                       Count      Status
+
+QUANTIZE                       2          Mapped to Edge TPU
+CONV_2D                        35         Mapped to Edge TPU
+DEPTHWISE_CONV_2D              17         Mapped to Edge TPU
+ADD                            10         Mapped to Edge TPU
+MEAN                           1          Mapped to Edge TPU
+FULLY_CONNECTED                1          Mapped to Edge TPU
+SOFTMAX                        1          Operation is otherwise supported, but not mapped due to some unspecified limitation
+""".format(m=model.name, o=model.stem + "_edgetpu.tflite"))
+'''
+
+
+def _install_fake_compiler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_not_quantized: bool) -> None:
+    import os
+    import sys
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "edgetpu_compiler"
+    script.write_text(_FAKE_COMPILER.format(python=sys.executable, fail_not_quantized=fail_not_quantized))
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def _edgetpu_job(exported: tuple[Path, dict], tmp_path: Path) -> object:
+    from edgeft.export.formats import ConversionJob
+
+    out, report = exported
+    work = tmp_path / "work"
+    work.mkdir()
+    return ConversionJob(run_dir=str(out), format="edgetpu", precision="int8", source="ptq",
+                         output=str(tmp_path / "model_int8_edgetpu.tflite"), work_dir=str(work), calibration=None,
+                         io_dtype="uint8", opset=17, onnx_calib_method="minmax",
+                         metadata={"labels": report["labels"]}, int8_tflite=str(out / "model_int8.tflite"))
+
+
+def test_edgetpu_compiler_path_mocked_compiler(exported: tuple[Path, dict], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeft.export.formats.edgetpu import COMPILED_FILE, LOG_FILE, EdgeTpuExporter
+    from edgeft.export.report import markdown
+
+    _install_fake_compiler(tmp_path, monkeypatch, fail_not_quantized=False)
+    exporter = EdgeTpuExporter()
+    assert exporter.filename(exporter.precisions[0]) == COMPILED_FILE
+    result = exporter.convert(_edgetpu_job(exported, tmp_path), None)  # type: ignore[arg-type]
+    compiled = tmp_path / COMPILED_FILE
+    assert compiled.read_bytes() == (exported[0] / "model_int8.tflite").read_bytes()
+    assert "Model compiled successfully" in (tmp_path / LOG_FILE).read_text()
+    details = result["edgetpu"]
+    parsed = details["compiler_report"]
+    assert (parsed["ops_on_edgetpu"], parsed["ops_on_cpu"], parsed["operations_total"]) == (67, 1, 68)
+    assert parsed["compiler_version"] == "16.0.384591198" and parsed["cpu_operators"] == ["SOFTMAX"]
+    assert details["verdict"] == "compiled, 1 of 68 operations on the CPU"
+    rendered = markdown({"backbone": "mobilenet_v2", "image_size": 64, "run_kind": "float", "threads": 1,
+                         "keras_accuracy": 1.0, "val_samples": 1, "artifacts": [
+        {"format": "edgetpu", "precision": "int8", "source": "ptq", "path": COMPILED_FILE, "size_bytes": 1,
+         "accuracy": None, "agreement": None, "max_abs_diff": None, "latency_ms": None, "passed": None,
+         "max_drop_pts": 2.0, "details": details}]})
+    assert "67 of 68 ops on the Edge TPU, compiler 16.0.384591198" in rendered
+
+
+def test_edgetpu_compiler_not_quantized_is_one_line_mocked_compiler(exported: tuple[Path, dict], tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeft.errors import ExportError
+    from edgeft.export.formats.edgetpu import LOG_FILE, EdgeTpuExporter
+
+    _install_fake_compiler(tmp_path, monkeypatch, fail_not_quantized=True)
+    with pytest.raises(ExportError, match=r"model not quantized \(exit 1\).*full-integer") as caught:
+        EdgeTpuExporter().convert(_edgetpu_job(exported, tmp_path), None)  # type: ignore[arg-type]
+    assert "\n" not in caught.value.message
+    assert "Model not quantized" in (tmp_path / LOG_FILE).read_text()
+    assert not (tmp_path / "model_int8_edgetpu.tflite").exists()
+
+
+def test_compiler_log_without_summary_lines_counts_from_the_table() -> None:
+    from edgeft.export.formats.edgetpu import parse_compiler_log
+
+    log = ("Edge TPU Compiler version 16.0.384591198\n\nModel compiled successfully in 900 ms.\n\n"
+           "Number of Edge TPU subgraphs: 1\nTotal number of operations: 64\n\n"
+           "Operator                       Count      Status\n\n"
+           "CONV_2D                        35         Mapped to Edge TPU\n"
+           "DEPTHWISE_CONV_2D              17         Mapped to Edge TPU\n"
+           "ADD                            10         Mapped to Edge TPU\n"
+           "QUANTIZE                       1          Mapped to Edge TPU\n"
+           "QUANTIZE                       1          Operation is otherwise supported, but not mapped due to some "
+           "unspecified limitation\n")
+    parsed = parse_compiler_log(log)
+    assert parsed["compiled"] and not parsed["not_quantized"]
+    assert (parsed["ops_on_edgetpu"], parsed["ops_on_cpu"]) == (63, 1)
+    assert parsed["cpu_operators"] == ["QUANTIZE"] and len(parsed["operators"]) == 5

@@ -6,11 +6,9 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import SHARED_WEIGHTS, require_shared, run_edgeft, write_digits, write_shapes
-from edgeft.errors import RunDirError
 from edgeft.run import RunDir
 from edgeft.training.config import FinetuneConfig
 from edgeft.training.finetune import collapse_warning, main_finetune

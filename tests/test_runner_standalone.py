@@ -123,3 +123,15 @@ def test_cleanup_refuses_a_directory_without_marker(tmp_path):
     runner = _runner()
     with pytest.raises(runner.RunnerError, match="marker"):
         runner.Cleanup(str(tmp_path))
+
+
+def test_doctor_names_the_int8_dot_product_instructions():
+    runner = _runner()
+    xeon = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R)\nflags\t\t: fpu sse4_1 avx2 fma avx512f avx512_vnni amx_int8\n"
+    epyc = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse4_1 avx2 fma\n"
+    pi5 = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes crc32 atomics fphp asimdhp asimdrdm lrcpc dcpop asimddp\n"
+    pi4 = "processor\t: 0\nFeatures\t: fp asimd evtstrm crc32 cpuid\n"
+    assert runner.cpu_features(xeon) == (["sse4_1", "avx2", "fma", "avx512f"], ["avx512_vnni", "amx_int8"])
+    assert runner.cpu_features(epyc) == (["sse4_1", "avx2", "fma"], [])
+    assert runner.cpu_features(pi5) == (["asimd"], ["asimddp"])
+    assert runner.cpu_features(pi4) == (["asimd"], [])

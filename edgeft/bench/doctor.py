@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeft.bench.config import DoctorConfig
-from edgeft.bench.profiles import Profile, get_profile, runner_module, runner_path
+from edgeft.bench.profiles import Profile, runner_module, runner_path
 from edgeft.bench.targets import ResolvedTarget, resolve_target
 from edgeft.errors import TargetError
 from edgeft.progress import log

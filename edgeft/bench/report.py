@@ -101,10 +101,16 @@ def write_reports(config: BenchConfig, rows: list[dict[str, Any]], targets: list
             "device": document.get("device"), "before": document.get("before"), "after": document.get("after"),
             "throttled_during_run": document.get("throttled_during_run"), "error": errors.get(target.name),
         }
+    benched_int8 = any("int8" in str(row.get("artifact", "")) for row in rows)
     for target_name, facts in target_facts.items():
         device = facts.get("device") or {}
         for entry in device.get("warnings", []) or []:
             warnings.append(f"{target_name}: {entry}")
+        if benched_int8 and device.get("int8_isa") == []:  # [] = known to have none; None = older runner
+            simd = ", ".join(device.get("simd") or []) or "no SIMD extension found"
+            warnings.append(f"{target_name}: the CPU has no 8-bit dot-product instructions ({simd}): int8 models "
+                            "run about as fast as float here; the speed-up needs VNNI (x86) or asimddp (Arm, "
+                            "e.g. Raspberry Pi 5)")
     summary = {
         "schema_version": SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),

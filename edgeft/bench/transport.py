@@ -17,7 +17,6 @@ import sys
 import tarfile
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 from edgeft.bench.config import HostKeyPolicy, SshOptions

@@ -100,7 +100,7 @@ def main_export(config: ExportConfig) -> dict[str, Any]:
             run_dir=str(run.path), format=spec.format.value, precision=spec.precision.value,
             source=spec.source.value, output=str(path), work_dir=str(work), calibration=calib_file,
             io_dtype=config.io_dtype.value, opset=config.opset, onnx_calib_method=config.onnx_calib_method,
-            metadata=metadata,
+            onnx_weights=config.onnx_weights.value, metadata=metadata,
             int8_tflite=str(int8_tflite) if int8_tflite and int8_tflite.is_file() else None,
         )
         t0 = time.monotonic()

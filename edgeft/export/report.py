@@ -48,7 +48,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"# edgeft export: {report['backbone']} {report['image_size']} px ({report['run_kind']} run)",
         "",
         f"Keras accuracy on {report['val_samples']} held-out images: {_fmt(report['keras_accuracy'], 'pct')}. "
-        f"Latency: median single-image host time, {report['threads']} thread(s).",
+        f"Latency: median single-image host time of the runtime call, {report['threads']} thread(s).",
         "",
         "| format | precision | source | file | size | vs float32 | accuracy | agreement | max abs diff | latency ms | check |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -64,10 +64,16 @@ def markdown(report: dict[str, Any]) -> str:
     edgetpu = [a for a in report["artifacts"] if a["format"] == "edgetpu"]
     for a in edgetpu:
         details = a.get("details") or {}
+        compiled = details.get("compiler_report")
+        if compiled:
+            counts = (f" ({compiled.get('ops_on_edgetpu', '?')} of {compiled.get('operations_total', '?')} ops on the "
+                      f"Edge TPU, compiler {compiled.get('compiler_version') or '?'}; log: {details.get('log')})")
+        else:
+            counts = (f" ({details.get('predicted_ops_on_edgetpu', '?')} of {details.get('operators_total', '?')} ops "
+                      "predicted on the Edge TPU)")
+        first = details.get("first_unsupported")
         lines += ["", f"Edge TPU: **{details.get('verdict', '?')}**"
-                  + (f"; first unsupported op: {details['first_unsupported']['op']}" if details.get("first_unsupported") else "")
-                  + f" ({details.get('predicted_ops_on_edgetpu', '?')} of {details.get('operators_total', '?')} ops"
-                  + (" predicted" if not details.get("compiler") else "") + " on the Edge TPU)."]
+                  + (f"; first unsupported op: {first['op']}" if first and not compiled else "") + counts + "."]
     for skip in report.get("skipped") or []:
         lines += ["", f"Not exported: {skip['format']} {skip['precision']}: {skip['reason']}."]
     if report.get("calibration"):

@@ -14,6 +14,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +62,18 @@ def run_in_child(task: dict[str, Any], work_dir: Path, name: str) -> dict[str, A
     task_file.write_text(json.dumps(task), "utf-8")
     result_file.unlink(missing_ok=True)
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-    process = subprocess.run([sys.executable, "-m", "edgeft.export.worker", str(task_file), str(result_file)],
-                             env=env, stdout=subprocess.DEVNULL)
-    if not result_file.is_file():
-        raise ExportError(f"{name}: the conversion process died (exit {process.returncode}); "
-                          "see the messages above, or retry with fewer formats")
+    # TensorFlow's start-up chatter (absl, CUDA probing, converter statistics) would bury the
+    # export's own progress lines, so the child's stderr is kept only to explain a crash.
+    with tempfile.TemporaryFile() as stderr:
+        process = subprocess.run([sys.executable, "-m", "edgeft.export.worker", str(task_file), str(result_file)],
+                                 env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        if not result_file.is_file():
+            stderr.seek(0)
+            lines = [line.strip() for line in stderr.read().decode("utf-8", "replace").splitlines() if line.strip()]
+            died = f"killed by signal {-process.returncode}" if process.returncode < 0 else f"exit {process.returncode}"
+            last = f": {lines[-1][:200]}" if lines else ""
+            raise ExportError(f"{name}: the conversion process died ({died}){last}; "
+                              "retry with fewer formats, or with --in-process to see every message")
     result = json.loads(result_file.read_text("utf-8"))
     if not result.get("ok"):
         error = EdgeftError(result.get("error", "conversion failed"))

@@ -8,7 +8,6 @@ import math
 import shutil
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np

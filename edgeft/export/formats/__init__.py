@@ -29,6 +29,7 @@ class ConversionJob:
     opset: int
     onnx_calib_method: str
     metadata: dict[str, Any]
+    onnx_weights: str = "uint8"
     int8_tflite: str | None = None  # for Edge TPU: an existing full-integer model to compile/check
 
     def to_dict(self) -> dict[str, Any]:

@@ -10,7 +10,6 @@ operations, and a predicted verdict. No accuracy is measured without the device.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -122,17 +121,47 @@ def analyze_tflite(model_bytes: bytes) -> dict[str, Any]:
     }
 
 
+_MAPPED = "Mapped to Edge TPU"
+_TABLE_ROW = re.compile(r"^([A-Z][A-Z0-9_]*(?::\S+)?)\s+(\d+)\s+(\S.*?)\s*$")
+
+
 def parse_compiler_log(text: str) -> dict[str, Any]:
-    """Parse ``edgetpu_compiler -s`` output: operations mapped to the Edge TPU and on the CPU."""
+    """Parse ``edgetpu_compiler -s`` output: version, memory, and the operations on the TPU and the CPU.
+
+    The compiler prints "Number of operations that will run on Edge TPU/CPU" only when some
+    operations stay on the CPU; otherwise the counts come from its operator table.
+    """
     def number(pattern: str) -> int | None:
         match = re.search(pattern, text)
         return int(match.group(1)) if match else None
 
+    def value(pattern: str) -> str | None:
+        match = re.search(pattern, text)
+        return match.group(1).strip() if match else None
+
+    operators = []
+    table = text.split("Operator", 1)[1] if re.search(r"^Operator\s+Count\s+Status", text, re.M) else ""
+    for line in table.splitlines()[1:]:
+        match = _TABLE_ROW.match(line.strip())
+        if match:
+            operators.append({"op": match.group(1), "count": int(match.group(2)), "status": match.group(3)})
+    on_tpu = number(r"Number of operations that will run on Edge TPU:\s*(\d+)")
+    on_cpu = number(r"Number of operations that will run on CPU:\s*(\d+)")
+    if on_tpu is None and operators:
+        on_tpu = sum(o["count"] for o in operators if o["status"] == _MAPPED)
+        on_cpu = sum(o["count"] for o in operators if o["status"] != _MAPPED)
     return {
-        "ops_on_edgetpu": number(r"Number of operations that will run on Edge TPU:\s*(\d+)"),
-        "ops_on_cpu": number(r"Number of operations that will run on CPU:\s*(\d+)"),
-        "subgraphs_on_edgetpu": number(r"Edge TPU Compiler.*?(\d+) subgraph") ,
+        "compiler_version": value(r"Edge TPU Compiler version\s+(\S+)"),
         "compiled": "Model compiled successfully" in text,
+        "not_quantized": "Model not quantized" in text,
+        "subgraphs_on_edgetpu": number(r"Number of Edge TPU subgraphs:\s*(\d+)"),
+        "operations_total": number(r"Total number of operations:\s*(\d+)"),
+        "ops_on_edgetpu": on_tpu,
+        "ops_on_cpu": on_cpu,
+        "on_chip_memory_used": value(r"On-chip memory used for caching model parameters:\s*(\S+)"),
+        "off_chip_memory_used": value(r"Off-chip memory used for streaming uncached model parameters:\s*(\S+)"),
+        "operators": operators,
+        "cpu_operators": sorted({o["op"] for o in operators if o["status"] != _MAPPED}),
     }
 
 
@@ -151,7 +180,7 @@ class EdgeTpuExporter:
 
     def convert(self, job: ConversionJob, model: Any) -> dict[str, Any]:
         from edgeft.export.formats.tflite import convert_keras_to_tflite
-        from edgeft.fileio import write_json_atomic
+        from edgeft.fileio import write_bytes_atomic, write_json_atomic, write_text_atomic
         from edgeft.preprocessing import Preprocessing
 
         work = Path(job.work_dir)
@@ -171,13 +200,20 @@ class EdgeTpuExporter:
         if compiler:
             run = subprocess.run([compiler, "-s", "-o", str(work), str(int8_path)], capture_output=True, text=True)
             log = run.stdout + run.stderr
-            (output.parent / LOG_FILE).write_text(log, "utf-8")
+            write_text_atomic(output.parent / LOG_FILE, log)
+            parsed = parse_compiler_log(log)
             compiled = work / (int8_path.stem + "_edgetpu.tflite")
+            if parsed["not_quantized"]:
+                raise ExportError(f"edgetpu_compiler: model not quantized (exit {run.returncode}); the Edge TPU "
+                                  f"needs a full-integer model: see {output.parent / LOG_FILE}")
             if run.returncode != 0 or not compiled.is_file():
-                raise ExportError(f"edgetpu_compiler failed (exit {run.returncode}); see {output.parent / LOG_FILE}")
-            shutil.copyfile(compiled, output)
-            analysis.update(compiler=compiler, compiler_report=parse_compiler_log(log), log=LOG_FILE)
-            analysis["verdict"] = "compiled"
+                last = (log.strip().splitlines() or ["no output"])[-1][:160]
+                raise ExportError(f"edgetpu_compiler failed (exit {run.returncode}): {last}; "
+                                  f"full log in {output.parent / LOG_FILE}")
+            write_bytes_atomic(output, compiled.read_bytes())
+            analysis.update(compiler=compiler, compiler_report=parsed, log=LOG_FILE)
+            analysis["verdict"] = "compiled" if not parsed["ops_on_cpu"] else \
+                f"compiled, {parsed['ops_on_cpu']} of {parsed['operations_total']} operations on the CPU"
         else:
             report = dict(analysis, source_model=int8_path.name,
                           note="edgetpu_compiler is not on PATH: predicted from the int8 model itself")

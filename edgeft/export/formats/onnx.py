@@ -3,9 +3,12 @@
 - float32: ``tf2onnx.convert.from_keras`` at ``--opset`` (default 17), input ``image``
   (N, H, W, 3) float32 with a dynamic batch.
 - int8 from a float run: ``quant_pre_process(skip_symbolic_shape=True)`` then
-  ``quantize_static`` in QDQ format, per-channel int8 weights, QUInt8 activations (faster than
+  ``quantize_static`` in QDQ format, per-channel weights, QUInt8 activations (faster than
   QInt8 on x86 onnxruntime), calibrated on the same representative set as TFLite, calibration
-  method ``minmax`` / ``entropy`` / ``percentile``.
+  method ``minmax`` / ``entropy`` / ``percentile``. Weights are uint8 by default
+  (``--onnx-weights``, see :class:`~edgeft.export.config.OnnxWeights` for the measurements):
+  x86 CPUs without VNNI run uint8 x int8 products through VPMADDUBSW, whose int16 sums
+  saturate and silently cost accuracy; uint8 x uint8 does not.
 - int8 from a QAT run: the QAT model is converted to a full-integer TFLite model (float32 I/O,
   the trained ranges kept) and that model to ONNX with ``tf2onnx.convert.from_tflite`` (QDQ).
   Converting the Keras QAT model directly with tf2onnx gives wrong outputs on this stack
@@ -24,16 +27,12 @@ from typing import Any
 import numpy as np
 
 from edgeft.errors import CalibrationError, ExportError
-from edgeft.export.config import Format, Precision
+from edgeft.export.config import Format, OnnxWeights, Precision
 from edgeft.export.formats import ConversionJob, register
 
 FILENAMES = {Precision.FLOAT32: "model_float32.onnx", Precision.INT8: "model_int8.onnx"}
 INPUT_NAME = "image"
 
-# 7-bit weights: x86 CPUs without VNNI run U8S8 through VPMADDUBSW, whose int16 sums
-# saturate with full-range weights and silently cost accuracy (onnxruntime's quantization
-# guide); on ARM and VNNI hosts the reduced range costs little.
-REDUCE_RANGE = True
 
 
 def _first_line(error: Exception) -> str:
@@ -56,7 +55,7 @@ def keras_to_onnx(model: Any, image_size: int, opset: int) -> Any:
 
 
 def quantize_onnx_static(float_path: Path, out_path: Path, pixels: np.ndarray, preprocessing: Any,
-                         method: str) -> dict[str, Any]:
+                         method: str, weights: OnnxWeights = OnnxWeights.UINT8) -> dict[str, Any]:
     """Static QDQ int8 quantization of ``float_path`` with onnxruntime, written to ``out_path``."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
@@ -75,20 +74,23 @@ def quantize_onnx_static(float_path: Path, out_path: Path, pixels: np.ndarray, p
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
+    weight_type = QuantType.QUInt8 if weights == OnnxWeights.UINT8 else QuantType.QInt8
+    reduce_range = weights == OnnxWeights.INT8_7BIT
     with tempfile.TemporaryDirectory(prefix="edgeft-onnxq-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         try:
             quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
             quantize_static(
                 str(prepared), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=REDUCE_RANGE,
+                activation_type=QuantType.QUInt8, weight_type=weight_type, reduce_range=reduce_range,
                 calibrate_method=methods[method],
                 extra_options={"CalibTensorRangeSymmetric": False},
             )
         except Exception as error:
             raise ExportError(f"ONNX int8 quantization failed: {_first_line(error)}") from None
-    return {"quant_format": "QDQ", "per_channel": True, "activation_type": "QUInt8", "weight_type": "QInt8",
-            "reduce_range": REDUCE_RANGE, "calibrate_method": method}
+    return {"quant_format": "QDQ", "per_channel": True, "activation_type": "QUInt8",
+            "weight_type": "QUInt8" if weight_type == QuantType.QUInt8 else "QInt8", "reduce_range": reduce_range,
+            "calibrate_method": method}
 
 
 def qat_to_onnx_via_tflite(model: Any, image_size: int, opset: int, work_dir: Path, calibration: str | None,
@@ -186,7 +188,8 @@ class OnnxExporter:
             float_path = Path(job.work_dir) / "onnx_float_for_int8.onnx"
             onnx.save(proto, str(float_path))
             quantized = Path(job.work_dir) / "onnx_int8_raw.onnx"
-            info.update(quantize_onnx_static(float_path, quantized, pixels, preprocessing, job.onnx_calib_method))
+            info.update(quantize_onnx_static(float_path, quantized, pixels, preprocessing, job.onnx_calib_method,
+                                             OnnxWeights(job.onnx_weights)))
             info["converter"] += " + onnxruntime.quantization.quantize_static"
             proto = onnx.load(str(quantized))
         out_name = proto.graph.output[0].name
