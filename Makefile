@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(VENV)/bin/edgeft demo --out runs/demo
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile tests
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench_finetune_vs_textbook.py

@@ -8,6 +8,9 @@ Everything that needs TensorFlow calls :func:`tf` / :func:`keras` from here, ins
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -22,11 +25,40 @@ def _prepare_environment() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+@contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Silence file descriptor 2 while TensorFlow loads.
+
+    Its native start-up lines ("All log messages before absl::InitializeLog()...", "Could not
+    find cuda drivers...") ignore TF_CPP_MIN_LOG_LEVEL and would bury edgeft's own progress
+    lines. ``EDGEFT_TF_VERBOSE=1`` keeps them. Python exceptions are unaffected: they are
+    printed after the descriptor is restored.
+    """
+    if os.environ.get("EDGEFT_TF_VERBOSE") or "tensorflow" in sys.modules:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, AttributeError, ValueError):
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def tf() -> ModuleType:
     """Import and return TensorFlow."""
     _prepare_environment()
     try:
-        import tensorflow
+        with _native_stderr_silenced():
+            import tensorflow
     except ImportError:
         raise MissingDependencyError(f"TensorFlow is not installed; {_INSTALL_HINT}") from None
     return tensorflow
