@@ -231,6 +231,9 @@ def doctor(artifacts: tuple[Path, ...], target: str, install: bool, as_json: boo
         click.echo(f"edgetpu     {'present' if facts.get('edgetpu_library') else 'missing'}")
         click.echo(f"cpu         {facts.get('cpu_model')} x{facts.get('cores')} ({facts.get('machine')}), "
                    f"governor {facts.get('governor') or '-'}")
+        if facts.get("int8_isa") is not None:
+            click.echo(f"simd        {', '.join(facts.get('simd') or []) or 'none found'}; int8 dot product: "
+                       f"{', '.join(facts['int8_isa']) or 'none (int8 runs about as fast as float here)'}")
         click.echo(f"memory      {facts.get('mem_available_mb')} MiB free; temperatures {facts.get('temperatures_c')}")
         for problem in report["problems"]:
             click.echo(f"missing: {problem['problem']}\n  fix: {problem['fix']}")

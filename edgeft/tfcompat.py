@@ -75,15 +75,14 @@ def keras() -> ModuleType:
 
 
 def custom_objects() -> dict[str, Any]:
-    """Custom layers and configs that edgeft's saved models may contain."""
-    objects: dict[str, Any] = {}
+    """Custom layers and configs that edgeft's saved models may contain (QAT runs need tfmot's)."""
     try:
-        from edgeft.quantization import keras_custom_objects  # type: ignore[attr-defined]
-
-        objects.update(keras_custom_objects())
+        import tensorflow_model_optimization  # noqa: F401
     except ImportError:
-        pass
-    return objects
+        return {}
+    from edgeft.quantization.configs import custom_objects as quantization_objects
+
+    return quantization_objects()
 
 
 def load_keras_model(path: Path) -> Any:

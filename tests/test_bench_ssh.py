@@ -66,6 +66,7 @@ def test_doctor_over_ssh_reports_the_device(sshd, tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["ok"] and report["facts"]["numpy"] and report["facts"]["cores"] >= 1
+    assert isinstance(report["facts"]["int8_isa"], list) and isinstance(report["facts"]["simd"], list)
 
 
 @pytest.mark.parametrize("case, expected", [

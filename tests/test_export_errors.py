@@ -116,3 +116,12 @@ def test_a_conversion_process_that_dies_is_one_line_with_its_last_message(tmp_pa
     message = caught.value.message
     assert message.startswith("model_int8.tflite: the conversion process died (killed by signal 9): F0000 allocator")
     assert "--in-process" in message and "\n" not in message
+
+
+def test_unknown_onnx_weight_type_is_a_usage_error(tmp_path: Path) -> None:
+    from edgeft.errors import UsageError
+    from edgeft.export import ExportConfig
+
+    with pytest.raises(UsageError, match="unknown --onnx-weights 'int4'; choose from: uint8, int8, int8_7bit"):
+        ExportConfig.from_flags(tmp_path, tmp_path / "x", onnx_weights="int4")
+    assert ExportConfig.from_flags(tmp_path, tmp_path / "x", onnx_weights="int8").onnx_weights.value == "int8"

@@ -88,6 +88,8 @@ def test_metadata_is_embedded(exported: tuple[Path, dict]) -> None:
     assert read_tflite_metadata(out / "model_float32.tflite")["input"]["quantization"] is None
     onnx_meta = read_onnx_metadata(out / "model_int8.onnx")
     assert onnx_meta["labels"] == report["labels"] and onnx_meta["onnx"]["quant_format"] == "QDQ"
+    # uint8 weights by default: uint8 x int8 products saturate on x86 without VNNI (see OnnxWeights)
+    assert onnx_meta["onnx"]["weight_type"] == "QUInt8" and onnx_meta["onnx"]["reduce_range"] is False
     sidecar = json.loads((out / "model_int8.onnx.json").read_text())
     assert sidecar["parity"]["agreement"] == _artifact(report, "onnx", "int8")["agreement"]
     assert METADATA_KEY == "edgeft.metadata"
