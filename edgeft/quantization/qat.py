@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -238,7 +239,9 @@ def main_qat(config: QATConfig) -> dict[str, Any]:
         # tf-keras 2.21 cannot reload tfmot's QuantizeLayer from the zip (.keras v3) format ("expected 5
         # variables, received 3"); its HDF5 writer round-trips exactly, and load_model recognises HDF5
         # content under the .keras name, so the run directory keeps its contract.
-        qat_model.save(str(temp), save_format="h5")
+        with warnings.catch_warnings():  # the "HDF5 is legacy" advice does not apply, as said above
+            warnings.filterwarnings("ignore", message="You are saving your model as an HDF5 file")
+            qat_model.save(str(temp), save_format="h5")
     write_text_atomic(out / LABELS_FILE, "\n".join(manifest.class_names) + "\n")
     write_json_atomic(out / METRICS_FILE, metrics)
     write_text_atomic(out / HISTORY_FILE, buffer.getvalue())
