@@ -101,7 +101,9 @@ def write_reports(config: BenchConfig, rows: list[dict[str, Any]], targets: list
             "device": document.get("device"), "before": document.get("before"), "after": document.get("after"),
             "throttled_during_run": document.get("throttled_during_run"), "error": errors.get(target.name),
         }
-    benched_int8 = any("int8" in str(row.get("artifact", "")) for row in rows)
+    # integer input (any full-integer model, edgeft's or not) or edgeft's int8 file names (float I/O)
+    benched_int8 = any(row.get("input_dtype") in ("int8", "uint8") or "int8" in str(row.get("artifact", ""))
+                       for row in rows)
     for target_name, facts in target_facts.items():
         device = facts.get("device") or {}
         for entry in device.get("warnings", []) or []:

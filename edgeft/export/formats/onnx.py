@@ -89,7 +89,7 @@ def quantize_onnx_static(float_path: Path, out_path: Path, pixels: np.ndarray, p
         except Exception as error:
             raise ExportError(f"ONNX int8 quantization failed: {_first_line(error)}") from None
     return {"quant_format": "QDQ", "per_channel": True, "activation_type": "QUInt8",
-            "weight_type": "QUInt8" if weight_type == QuantType.QUInt8 else "QInt8", "reduce_range": reduce_range,
+            "weight_type": weight_type.name, "reduce_range": reduce_range,
             "calibrate_method": method}
 
 
