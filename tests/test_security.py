@@ -106,3 +106,176 @@ def test_model_file_that_is_no_keras_format_or_names_a_module_is_refused(tmp_pat
             target.writestr(name, json.dumps(config) if name == "config.json" else source.read(name))
     with pytest.raises(ModelFileError, match="it names Python module 'os' .class 'GlobalAveragePooling2D'."):
         load_keras_model(evil)
+
+
+# ----------------------------------------------------------------------------- bench: helpers
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+MODEL = SHARED / "models" / "tf2_mobilenet_v2_1.0_224_ptq.tflite"
+needs_model = pytest.mark.skipif(not MODEL.is_file(), reason="../shared/models is absent (a user's checkout)")
+
+
+def _edgeft(*args: str, timeout: float = 180) -> tuple[int, str, str]:
+    """Run edgeft in a child process; return (exit code, the single ``error:`` line or "", stderr)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "edgeft", *args], capture_output=True, text=True, timeout=timeout)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) <= 1, result.stderr
+    return result.returncode, errors[0] if errors else "", result.stderr
+
+
+def _ssh_args(config: Path, device: Path, python: bool = True) -> list[str]:
+    import sys
+
+    return ["--ssh-config", str(config), "--remote-tmpdir", str(device)] + (
+        ["--python", sys.executable] if python else [])
+
+
+def _ssh_version() -> tuple[int, int]:
+    import re
+    import subprocess
+
+    text = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr
+    match = re.search(r"OpenSSH_(\d+)\.(\d+)", text)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+def _dummy_model(folder: Path) -> Path:
+    """A model file name for commands that stop before reading it."""
+    path = folder / "m.tflite"
+    path.write_bytes(b"TFL3")
+    return path
+
+
+# ----------------------------------------------------------------------------- 2. ssh option injection
+def test_host_read_as_an_ssh_option_is_refused_from_command_line_fleet_and_profile(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    from edgeft.bench.config import SshOptions
+    from edgeft.bench.transport import SshTransport
+    from edgeft.errors import TargetError
+
+    if shutil.which("ssh") is None:
+        pytest.skip("no ssh client")
+    marker = tmp_path / "proxy-ran"
+    evil_host = f"-oProxyCommand=touch {marker}"
+    # the attack: what edgeft ran before (`ssh [options] HOST -- CMD`); OpenSSH < 9.6 runs the command
+    subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=2", evil_host, "--", "true"],
+                   capture_output=True, timeout=30)
+    if _ssh_version() < (9, 6):
+        assert marker.exists()
+        marker.unlink()
+    version = subprocess.run(["ssh", "-l", "pi", "-V", "--", "true"], capture_output=True, text=True, timeout=30)
+    assert "OpenSSH" in version.stderr  # `--target pi@-V` made ssh print its version
+
+    code, line, _ = _edgeft("bench", str(_dummy_model(tmp_path)), "--target", "pi@-V", "--out", str(tmp_path / "b"))
+    assert (code, line) == (7, "error: bad target 'pi@-V': the host '-V' starts with '-' or holds spaces or control "
+                               "characters (ssh would read it as an option)")
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(f'[[target]]\nname = "pi"\nhost = "{evil_host}"\n')
+    code, line, _ = _edgeft("bench", str(_dummy_model(tmp_path)), "--target", str(fleet), "--out", str(tmp_path / "b"))
+    assert code == 7 and line.startswith(f"error: bad target '{evil_host}': the host '{evil_host}' starts with '-'")
+    fleet.write_text('[[target]]\nname = "pi"\nhost = "raspberrypi"\nuser = "-oProxyCommand=x"\n')
+    code, line, _ = _edgeft("bench", str(_dummy_model(tmp_path)), "--target", str(fleet), "--out", str(tmp_path / "b"))
+    assert code == 7 and "the user '-oProxyCommand=x' starts with '-'" in line
+    assert not marker.exists()
+    # a profile's connection.host reaches the same check
+    from edgeft.bench.profiles import load_profile_file
+
+    profile_file = tmp_path / "evil.toml"
+    profile_file.write_text(f'name = "evil"\n[connection]\nhost = "{evil_host}"\n')
+    profile = load_profile_file(profile_file)
+    with pytest.raises(TargetError, match="the host '-oProxyCommand=.*' starts with '-'"):
+        SshTransport(profile.host, SshOptions(), name=profile.name, user=profile.user)
+    # and the host always follows "--", for the command and for `ssh -G`
+    assert SshTransport("pi@raspberrypi", SshOptions()).ssh_base()[-2:] == ["--", "raspberrypi"]
+
+
+# ----------------------------------------------------------------------------- 3. profile names are not paths
+def test_profile_given_as_a_path_is_refused(tmp_path: Path) -> None:
+    evil = tmp_path / "elsewhere" / "evil.toml"
+    evil.parent.mkdir()
+    evil.write_text('name = "evil"\nkind = "local"\n[connection]\npython = "/bin/false"\n')
+    code, line, _ = _edgeft("doctor", "--target", str(evil.with_suffix("")))
+    assert (code, line) == (7, f"error: bad target '{evil.with_suffix('')}': expected local, a profile name, "
+                               "or [user@]host[:port]")
+    fleet = tmp_path / "fleet" / "fleet.toml"
+    fleet.parent.mkdir()
+    fleet.write_text('[[target]]\nname = "x"\nprofile = "../elsewhere/evil"\n')
+    code, line, _ = _edgeft("bench", str(_dummy_model(tmp_path)), "--target", str(fleet), "--out", str(tmp_path / "b"))
+    assert (code, line) == (7, "error: bad profile name '../elsewhere/evil': a profile is named by letters, digits, "
+                               "'-' and '_' (see `edgeft targets`), never by a path")
+    from edgeft.bench.profiles import get_profile
+
+    assert get_profile("rpi4") is not None and get_profile("../targets/rpi4") is None
+
+
+# ----------------------------------------------------------------------------- 4. doctor --install quoting
+def test_install_command_keeps_a_profile_venv_with_quotes_inside_its_quotes(tmp_path: Path) -> None:
+    import dataclasses
+    import os
+    import subprocess
+
+    from edgeft.bench.doctor import install_command
+    from edgeft.bench.profiles import get_profile
+
+    marker = tmp_path / "injected"
+    venv = f'~/venvs/a"; touch {marker}; echo "'
+    profile = dataclasses.replace(get_profile("rpi4"), venv=venv)
+    command = install_command(profile, "3.11.2")
+    # the attack: the old command line, `python3 -m venv "$HOME/..."`, ran the injected `touch`
+    old = f'python3 -m venv "{venv.replace("~", "$HOME", 1)}" && true'
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "python3").write_text("#!/bin/sh\nprintf '%s\\n' \"$@\" > \"$ARGS_FILE\"\n")
+    (fake_bin / "python3").chmod(0o755)
+    env = dict(os.environ, PATH=f"{fake_bin}:{os.environ['PATH']}", HOME=str(tmp_path / "home"),
+               ARGS_FILE=str(tmp_path / "args"))
+    subprocess.run(["sh", "-c", old], env=env, capture_output=True, timeout=30)
+    assert marker.exists()
+    marker.unlink()
+    subprocess.run(["sh", "-c", command], env=env, capture_output=True, timeout=30)
+    assert not marker.exists()
+    assert (tmp_path / "args").read_text().splitlines() == ["-m", "venv", f"{tmp_path / 'home'}/venvs/a\"; touch "
+                                                            f"{marker}; echo \""]
+    assert command.startswith("python3 -m venv \"$HOME\"/'venvs/a\"; touch ")
+
+
+# ----------------------------------------------------------------------------- 5. the device's temp directory
+def test_prepare_output_is_read_by_label_and_checked() -> None:
+    from edgeft.bench.transport import parse_prepare_output
+    from edgeft.errors import TargetError
+
+    banner = "Welcome to Raspberry Pi OS\nlast login: today\n"
+    output = banner + "edgeft-dir=/tmp/a b/edgeft-bench.Ab12Cd34\nedgeft-python=/opt/my py/bin/python\n"
+    assert parse_prepare_output("pi", output, "/tmp/a b") == ("/tmp/a b/edgeft-bench.Ab12Cd34", "/opt/my py/bin/python")
+    with pytest.raises(TargetError) as caught:
+        parse_prepare_output("pi", "edgeft-dir=/tmp/edgeft-bench.keep\nedgeft-python=python3\n", "/tmp")
+    assert caught.value.message == ("target pi: the device did not report a temporary directory under /tmp "
+                                    "(got '/tmp/edgeft-bench.keep')")
+
+
+@needs_model
+def test_space_in_remote_tmpdir_neither_fills_nor_deletes_a_sibling_directory(tmp_path: Path) -> None:
+    from sshd import ALIAS, start_sshd
+
+    server = start_sshd(tmp_path / "sshd")
+    try:
+        device = tmp_path / "device"
+        sibling = device / "edgeft-bench.keep"  # what "…/edgeft-bench.keep x/…" split on whitespace pointed at
+        sibling.mkdir(parents=True)
+        (sibling / "precious.txt").write_text("keep me")
+        root = device / "edgeft-bench.keep x"
+        code, line, stderr = _edgeft("bench", str(MODEL), "--target", ALIAS, "--runs", "2", "--warmup", "0",
+                                     "--threads", "1", *_ssh_args(server.client_config(), root),
+                                     "--out", str(tmp_path / "b"))
+        assert code == 0, stderr
+        assert sorted(p.name for p in sibling.iterdir()) == ["precious.txt"]
+        assert list(root.iterdir()) == []
+        report = json.loads((tmp_path / "b" / "bench.json").read_text())
+        assert report["rows"][0]["p50_ms"] > 0
+    finally:
+        server.proc.terminate()
+        server.proc.wait(timeout=10)
