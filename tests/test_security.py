@@ -271,11 +271,137 @@ def test_space_in_remote_tmpdir_neither_fills_nor_deletes_a_sibling_directory(tm
         code, line, stderr = _edgeft("bench", str(MODEL), "--target", ALIAS, "--runs", "2", "--warmup", "0",
                                      "--threads", "1", *_ssh_args(server.client_config(), root),
                                      "--out", str(tmp_path / "b"))
+        assert sibling.is_dir() and sorted(p.name for p in sibling.iterdir()) == ["precious.txt"]
         assert code == 0, stderr
-        assert sorted(p.name for p in sibling.iterdir()) == ["precious.txt"]
         assert list(root.iterdir()) == []
         report = json.loads((tmp_path / "b" / "bench.json").read_text())
         assert report["rows"][0]["p50_ms"] > 0
     finally:
         server.proc.terminate()
         server.proc.wait(timeout=10)
+
+
+# ----------------------------------------------------------------------------- 6. symlinks planted in --out
+def test_planted_symlinks_in_the_output_folder_are_never_written_through(tmp_path: Path) -> None:
+    import os
+
+    from edgeft.bench.config import BenchConfig
+    from edgeft.bench.report import write_reports
+    from edgeft.bench.targets import ResolvedTarget
+    from edgeft.bench.transport import LocalTransport
+    from edgeft.fileio import write_json_atomic
+
+    out = tmp_path / "bench"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    dangling = tmp_path / "created-through-a-link"
+    # the old fixed temporary names, and a symlink at a final name
+    (out / ".bench_latency_accuracy.partial.png").symlink_to(victim)
+    (out / f".bench.partial-{os.getpid()}.json").symlink_to(dangling)
+    (out / "bench.csv").symlink_to(victim)
+    row = {"artifact": "m.tflite", "target": "local", "threads": 1, "p50_ms": 1.0, "accuracy": 0.5}
+    config = BenchConfig(artifacts=(), targets=("local",), out_dir=out)
+    write_reports(config, [row], [ResolvedTarget("local", LocalTransport(), None, None)], {}, {}, [], 0.0)
+    write_json_atomic(out / "bench.json", {"again": True})
+    assert victim.read_text() == "precious" and not dangling.exists()
+    assert not (out / "bench.csv").is_symlink() and (out / "bench.csv").read_text().startswith("artifact,")
+    assert (out / "bench_latency_accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in out.iterdir() if ".partial" in p.name) == [
+        ".bench.partial-%d.json" % os.getpid(), ".bench_latency_accuracy.partial.png"]  # the planted links only
+    assert oct((out / "bench.md").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# ----------------------------------------------------------------------------- 7. results from a device
+def _fake_runner(folder: Path, name: str, payload: str) -> Path:
+    """A "python" for the device that prints ``payload`` whatever it is asked to run."""
+    script = folder / f"{name}.sh"
+    data = folder / f"{name}.out"
+    data.write_text(payload)
+    script.write_text(f"#!/bin/sh\ncat '{data}'\n")
+    script.chmod(0o755)
+    return script
+
+
+@needs_model
+def test_bad_device_results_fail_their_target_only_and_are_cleaned(tmp_path: Path) -> None:
+    import csv
+    import io
+
+    from sshd import ALIAS, start_sshd
+
+    model = tmp_path / "m$\\frac{$.tflite"  # mathtext that crashed matplotlib after bench.json was written
+    model.symlink_to(MODEL)
+    row = {"artifact": model.name, "threads": 1, "p50_ms": 2.5, "mean_ms": 2.5, "accuracy": None,
+           "runtime": "\x1b]0;owned\x07ai-edge-litert\x1b[2J", "error": '=HYPERLINK("http://evil","x")'}
+    fakes = {"list": "[]", "number": "5", "rows": '{"rows": [7]}',
+             "foreign": json.dumps({"rows": [dict(row, artifact="../../etc/passwd")]}),
+             "escapes": json.dumps({"rows": [row], "device": {"warnings": ["\x1b[31mred\x1b[0m"]}}),
+             "huge": "[" + " " * (17 << 20) + "]"}
+    server = start_sshd(tmp_path / "sshd")
+    try:
+        fleet = tmp_path / "fleet.toml"
+        fleet.write_text('[[target]]\nname = "local"\nprofile = "local"\n' + "".join(
+            f'[[target]]\nname = "{name}"\nhost = "{ALIAS}"\npython = "{_fake_runner(tmp_path, name, text)}"\n'
+            for name, text in fakes.items()))
+        out = tmp_path / "b"
+        code, line, stderr = _edgeft("bench", str(model), "--target", str(fleet), "--runs", "2", "--warmup", "0",
+                                     "--threads", "1", *_ssh_args(server.client_config(), tmp_path / "device",
+                                                                  python=False), "--out", str(out))
+    finally:
+        server.proc.terminate()
+        server.proc.wait(timeout=10)
+    assert code == 7 and "Traceback" not in stderr and "\x1b" not in stderr and "\x07" not in stderr
+    assert line.startswith("error: target list: the device's result is not a JSON object but list (+5 more failure(s))")
+    report = json.loads((out / "bench.json").read_text())
+    assert report["errors"] == {
+        "list": "target list: the device's result is not a JSON object but list",
+        "number": "target number: the device's result is not a JSON object but int",
+        "rows": "target rows: row 1 of the device's result is not an object",
+        "foreign": "target foreign: row 1 of the device's result names an artifact that was not sent: "
+                   "'../../etc/passwd'",
+        "huge": "target huge (run): the device sent more than 16 MiB of output; stopped reading it",
+    }
+    rows = {r["target"]: r for r in report["rows"]}
+    assert rows["local"]["p50_ms"] > 0 and rows["local"]["error"] is None  # the healthy target is reported
+    assert rows["escapes"]["runtime"] == "]0;ownedai-edge-litert[2J"
+    assert report["warnings"][-1] == "escapes: [31mred[0m"
+    cells = {r["target"]: r for r in csv.DictReader(io.StringIO((out / "bench.csv").read_text()))}
+    assert cells["escapes"]["error"] == "'=HYPERLINK(\"http://evil\",\"x\")"
+    assert (out / "bench_latency_accuracy.png").stat().st_size > 0
+    assert list((tmp_path / "device").glob("edgeft-bench.*")) == []
+
+
+# ----------------------------------------------------------------------------- 8. symlinked models
+@needs_model
+def test_a_symlinked_model_is_staged_as_its_file_on_local_and_ssh_targets(tmp_path: Path) -> None:
+    from sshd import ALIAS, start_sshd
+
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "x.tflite").symlink_to(MODEL)
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "model_int8.tflite").symlink_to("../store/x.tflite")
+    server = start_sshd(tmp_path / "sshd")
+    try:
+        code, line, stderr = _edgeft("bench", str(export), "--target", ALIAS, "--target", "local", "--runs", "2",
+                                     "--warmup", "0", "--threads", "1",
+                                     *_ssh_args(server.client_config(), tmp_path / "device"),
+                                     "--out", str(tmp_path / "b"))
+    finally:
+        server.proc.terminate()
+        server.proc.wait(timeout=10)
+    assert code == 0, stderr
+    rows = json.loads((tmp_path / "b" / "bench.json").read_text())["rows"]
+    assert sorted(r["target"] for r in rows) == sorted([ALIAS, "local"])
+    assert all(r["error"] is None and r["p50_ms"] > 0 and r["model_size_bytes"] == MODEL.stat().st_size
+               for r in rows)
