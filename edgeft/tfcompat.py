@@ -159,7 +159,7 @@ def _check_model_config(config: Any, path: Path, known: frozenset[str]) -> None:
                 raise ModelFileError(f"refusing {path}: a {class_name} layer calls tf.{function[:60]}, which is "
                                      "not a math operation")
         module = node.get("module")
-        if module is None or module in ("keras", "tf_keras", "builtins") or str(module).startswith(
+        if module is None or module in ("keras", "tf_keras") or str(module).startswith(
                 ("keras.", "tf_keras.")):
             continue
         registered = node.get("registered_name") or class_name
