@@ -255,6 +255,13 @@ def test_prepare_output_is_read_by_label_and_checked() -> None:
         parse_prepare_output("pi", "edgeft-dir=/tmp/edgeft-bench.keep\nedgeft-python=python3\n", "/tmp")
     assert caught.value.message == ("target pi: the device did not report a temporary directory under /tmp "
                                     "(got '/tmp/edgeft-bench.keep')")
+    from edgeft.bench.transport import _check_tmp_root
+
+    assert _check_tmp_root("pi", "/tmp/a b/") == "/tmp/a b"
+    for bad in ("-x", "/tmp/a\nb"):
+        with pytest.raises(TargetError, match="bad --remote-tmpdir .*: give a directory path that does not start "
+                                              "with '-', without control characters"):
+            _check_tmp_root("pi", bad)
 
 
 @needs_model

@@ -287,10 +287,10 @@ class SshTransport(Transport):
 
 
 def _check_tmp_root(name: str, tmp_root: str) -> str:
-    """``--remote-tmpdir`` without trailing slashes; control characters (a newline) are refused."""
-    if not tmp_root or _CONTROL_CHARS.search(tmp_root):
+    """``--remote-tmpdir`` without trailing slashes; a leading ``-`` or control characters (a newline) are refused."""
+    if not tmp_root or tmp_root.startswith("-") or _CONTROL_CHARS.search(tmp_root):
         raise TargetError(f"target {name}: bad --remote-tmpdir {clean_text(repr(tmp_root), 100)}: "
-                          "give a directory path without control characters")
+                          "give a directory path that does not start with '-', without control characters")
     return tmp_root.rstrip("/") or "/"
 
 
