@@ -64,6 +64,7 @@ def _tiny_model(function: object | None = None) -> object:
     return k.Model(inputs, k.layers.Dense(2, activation="softmax", name="predictions")(x))
 
 
+@pytest.mark.slow  # about 20 s: three commands, export's model load in its own child process
 def test_hdf5_model_with_code_renamed_model_keras_is_refused_by_evaluate_export_qat(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     marker = tmp_path / "pwned"
