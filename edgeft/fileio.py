@@ -8,33 +8,55 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 
-@contextlib.contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling path of ``final``; rename it onto ``final`` if the block succeeds.
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
-    The temporary name keeps all of the final suffixes (``a.weights.h5`` ->
-    ``.a.partial-PID.weights.h5``) because writers such as Keras choose the format from them.
+
+def _temp_sibling(final: Path) -> tuple[int, Path]:
+    """Create (``O_EXCL``, never through a symlink) an empty file with an unpredictable name next to ``final``.
+
+    The name keeps all of the final suffixes (``a.weights.h5`` -> ``.a.k2j4x8.partial.weights.h5``)
+    because writers such as Keras choose the format from them. Its mode is what a plain ``open``
+    would give (``mkstemp`` makes 0600), so shared run and export folders stay readable.
     """
-    final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     stem, dot, suffixes = final.name.partition(".")
-    temp = final.with_name(f".{stem}.partial-{os.getpid()}{dot}{suffixes}")
-    if temp.exists():
-        _remove(temp)
+    handle, name = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".partial{dot}{suffixes}", dir=final.parent)
+    try:
+        os.fchmod(handle, 0o666 & ~_umask())
+    except OSError:
+        pass
+    return handle, Path(name)
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a new temporary sibling file of ``final``; rename it onto ``final`` if the block succeeds.
+
+    The temporary file is created by :func:`tempfile.mkstemp` in the target folder, so a symlink
+    planted in an output folder is never written through; the rename replaces a symlink at
+    ``final`` itself, not its target.
+    """
+    final = Path(final)
+    handle, temp = _temp_sibling(final)
+    os.close(handle)
     try:
         yield temp
         os.replace(temp, final)
     finally:
-        if temp.exists():
+        if os.path.lexists(temp):
             _remove(temp)
 
 
 def _remove(path: Path) -> None:
-    if path.is_dir():
+    if path.is_dir() and not path.is_symlink():
         import shutil
 
         shutil.rmtree(path, ignore_errors=True)
@@ -44,11 +66,17 @@ def _remove(path: Path) -> None:
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
-    with atomic_path(path) as temp:
-        with open(temp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+    final = Path(path)
+    handle, temp = _temp_sibling(final)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp, final)
+    finally:
+        if os.path.lexists(temp):
+            _remove(temp)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

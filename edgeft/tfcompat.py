@@ -85,22 +85,116 @@ def custom_objects() -> dict[str, Any]:
     return quantization_objects()
 
 
+_ZIP_MAGIC = b"PK\x03\x04"
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+# TFOpLambda layers (Keras' record of `x + 3.0` on a symbolic tensor, e.g. in MobileNetV3) name a TensorFlow
+# function; only pure math is accepted, never I/O, py_function or raw ops.
+_SAFE_TF_FUNCTIONS = ("__operators__.", "math.", "nn.", "image.")
+_SAFE_TF_FUNCTION_NAMES = frozenset({"reshape", "concat", "stack", "split", "cast", "clip_by_value", "identity",
+                                     "expand_dims", "squeeze", "transpose", "compat.v1.transpose", "where"})
+
+
+def _model_config(path: Path) -> dict[str, Any]:
+    """The model's architecture as JSON, read without Keras: ``config.json`` of a Keras v3 zip archive, or the
+    ``model_config`` attribute of an HDF5 file (edgeft's QAT runs: tf-keras cannot reload tfmot's layers from
+    the zip format). Anything else is refused: other formats (SavedModel, pickles) can run code when loaded."""
+    import json
+    import zipfile
+
+    reason = "it is neither a Keras v3 archive (zip with config.json and metadata.json) nor a Keras HDF5 model"
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(8)
+        if magic.startswith(_ZIP_MAGIC):
+            with zipfile.ZipFile(path) as archive:
+                names = set(archive.namelist())
+                if not {"config.json", "metadata.json"} <= names:
+                    raise ModelFileError(f"refusing {path}: {reason}")
+                text = archive.read("config.json").decode("utf-8")
+        elif magic == _HDF5_MAGIC:
+            import h5py
+
+            with h5py.File(path, "r") as handle:
+                raw = handle.attrs.get("model_config")
+            if raw is None:
+                raise ModelFileError(f"refusing {path}: an HDF5 file without a Keras model config (weights only?)")
+            text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+        else:
+            raise ModelFileError(f"refusing {path}: {reason}")
+        config = json.loads(text)
+    except ModelFileError:
+        raise
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        raise ModelFileError(f"cannot load Keras model {path}: {str(error).splitlines()[0][:200]}") from None
+    if not isinstance(config, dict):
+        raise ModelFileError(f"cannot load Keras model {path}: its config is not a JSON object")
+    return config
+
+
+def _check_model_config(config: Any, path: Path, known: frozenset[str]) -> None:
+    """Refuse a model config that carries Python code or names a module outside Keras and edgeft's custom objects.
+
+    Lambda layers store Python bytecode (HDF5 runs it on load; the zip format's safe mode refuses it, this
+    says so first); a v3 config's ``module`` is imported by Keras, so only Keras' own modules pass, and
+    custom classes must resolve by their registered name among ``known``.
+    """
+    todo = [config]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, list):
+            todo.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        todo.extend(node.values())
+        class_name = node.get("class_name")
+        if not isinstance(class_name, str):
+            continue
+        if class_name in ("Lambda", "__lambda__") or node.get("function_type") in ("lambda", "raw"):
+            raise ModelFileError(f"refusing {path}: it contains a Lambda layer (Python code that would run on "
+                                 "load); edgeft never writes one, so this run directory was not made by edgeft")
+        if class_name in ("TFOpLambda", "SlicingOpLambda"):
+            function = str((node.get("config") or {}).get("function", ""))
+            if not (function.startswith(_SAFE_TF_FUNCTIONS) or function in _SAFE_TF_FUNCTION_NAMES):
+                raise ModelFileError(f"refusing {path}: a {class_name} layer calls tf.{function[:60]}, which is "
+                                     "not a math operation")
+        module = node.get("module")
+        if module is None or module in ("keras", "tf_keras") or str(module).startswith(
+                ("keras.", "tf_keras.")):
+            continue
+        registered = node.get("registered_name") or class_name
+        if registered not in known:
+            raise ModelFileError(f"refusing {path}: it names Python module '{str(module)[:80]}' "
+                                 f"(class '{class_name[:60]}'), which is neither Keras nor one of edgeft's "
+                                 "custom objects")
+
+
 def load_keras_model(path: Path) -> Any:
-    """Load a Keras model saved by edgeft, raising :class:`ModelFileError` when it cannot be read."""
+    """Load a Keras model saved by edgeft, raising :class:`ModelFileError` when it cannot be read.
+
+    A model file from someone else is data, never code: the file must be a Keras v3 zip archive (or
+    edgeft's HDF5 QAT model) whose config has no Lambda layer and names no module beyond Keras and the
+    custom objects below, which resolve by registered name only; Keras then loads it with ``safe_mode=True``.
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file not found: {path}")
+    config = _model_config(path)
     k = keras()
+    objects = dict(custom_objects())
     scope: Any
     try:
         import tensorflow_model_optimization as tfmot
 
-        scope = tfmot.quantization.keras.quantize_scope(custom_objects())
+        scope = tfmot.quantization.keras.quantize_scope(objects)
     except ImportError:
-        scope = k.utils.custom_object_scope(custom_objects())
+        scope = k.utils.custom_object_scope(objects)
+    for table in getattr(scope, "custom_objects", ()):
+        objects.update(table)
+    _check_model_config(config, path, frozenset(objects) | frozenset(k.utils.get_custom_objects()))
     try:
         with scope:
-            return k.models.load_model(path, compile=False)
+            return k.models.load_model(path, compile=False, safe_mode=True)
     except Exception as error:  # Keras raises many types for a corrupted file
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelFileError(f"cannot load Keras model {path}: {first_line[:200]}") from None

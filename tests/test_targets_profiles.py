@@ -48,7 +48,8 @@ def test_install_command_goes_into_a_home_venv():
     from edgeft.bench.profiles import get_profile
 
     command = install_command(get_profile("rpi4"), "3.9.2")
-    assert command.startswith('python3 -m venv "$HOME/.edgeft/venv"') and "sudo" not in command
+    assert command.startswith('python3 -m venv "$HOME"/.edgeft/venv && "$HOME"/.edgeft/venv/bin/python -m pip') \
+        and "sudo" not in command
     assert "ai-edge-litert==2.1.0" in command
 
 

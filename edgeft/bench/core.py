@@ -14,6 +14,7 @@ import numpy as np
 
 from edgeft.bench.config import BenchConfig, SshOptions
 from edgeft.bench.profiles import runner_path
+from edgeft.bench.results import parse_result
 from edgeft.bench.targets import ResolvedTarget, resolve_targets
 from edgeft.errors import DatasetError, ModelFileError, TargetError, UsageError
 from edgeft.progress import log
@@ -181,13 +182,7 @@ def run_target(target: ResolvedTarget, config: BenchConfig, files: dict[str, Pat
         out = transport.run(argv, config.timeout_s, keep_stdin_open=True)
     finally:
         transport.remove(remote_dir)
-    try:
-        document = json.loads(out)
-    except ValueError:
-        raise TargetError(f"target {target.name}: the runner printed no JSON: {out.strip()[-200:] or '(nothing)'}") from None
-    if "error" in document and "rows" not in document:
-        raise TargetError(f"target {target.name}: {document['error']}")
-    return document
+    return parse_result(target.name, out, [model["name"] for model in spec["models"]])
 
 
 # ----------------------------------------------------------------------------- main

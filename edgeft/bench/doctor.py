@@ -9,6 +9,7 @@ from typing import Any
 
 from edgeft.bench.config import DoctorConfig
 from edgeft.bench.profiles import Profile, runner_module, runner_path
+from edgeft.bench.results import clean, shell_path
 from edgeft.bench.targets import ResolvedTarget, resolve_target
 from edgeft.errors import TargetError
 from edgeft.progress import log
@@ -33,7 +34,9 @@ def device_facts(target: ResolvedTarget, timeout_s: float = 60.0) -> dict[str, A
             python = probe.strip().splitlines()[-1] if probe.strip() else "python3"
     out = target.transport.run([python, "-", "doctor"], timeout_s, stdin_data=runner_path().read_bytes())
     try:
-        facts = json.loads(out)
+        facts = clean(json.loads(out))  # the device's answer reaches the terminal: no control characters
+        if not isinstance(facts, dict):
+            raise ValueError("not an object")
     except ValueError:
         raise TargetError(f"target {target.name}: {python} did not run the runner: {out.strip()[-200:] or 'no output'}"
                           " (is Python >= 3.9 installed?)") from None
@@ -46,9 +49,8 @@ def install_command(profile: Profile | None, python_version: str) -> str:
     short = ".".join(python_version.split(".")[:2])
     pip = (profile.pip_line(python_version) if profile else None) or DEFAULT_PIP.get(short, DEFAULT_PIP_NEW)
     venv = profile.venv if profile else "~/.edgeft/venv"
-    venv_sh = venv.replace("~", "$HOME", 1) if venv.startswith("~") else venv
     args = shlex.split(pip)[1:]  # drop the leading "pip install"
-    return (f'python3 -m venv "{venv_sh}" && "{venv_sh}/bin/python" -m pip install '
+    return (f'python3 -m venv {shell_path(venv)} && {shell_path(venv.rstrip("/") + "/bin/python")} -m pip install '
             + " ".join(shlex.quote(a) for a in args[1:] if args and args[0] == "install"))
 
 

@@ -182,8 +182,18 @@ def list_profiles() -> list[Profile]:
     return [load_profile_file(p) for p in sorted(targets_dir().glob("*.toml"))]
 
 
+PROFILE_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def is_profile_name(name: str) -> bool:
+    """Whether ``name`` can name a shipped profile (letters, digits, ``-``, ``_``: never a path)."""
+    return bool(PROFILE_NAME.fullmatch(name))
+
+
 def get_profile(name: str) -> Profile | None:
-    """The profile called ``name``, or None."""
+    """The profile called ``name`` in ``targets/``, or None (also for a name that is a path, e.g. ``../x``)."""
+    if not is_profile_name(name):
+        return None
     path = targets_dir() / f"{name}.toml"
     return load_profile_file(path) if path.is_file() else None
 

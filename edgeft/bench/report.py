@@ -35,8 +35,9 @@ from typing import Any
 
 from edgeft import __version__
 from edgeft.bench.config import BenchConfig
+from edgeft.bench.results import csv_cell, plot_label
 from edgeft.bench.targets import ResolvedTarget
-from edgeft.fileio import write_json_atomic, write_text_atomic
+from edgeft.fileio import atomic_path, write_json_atomic, write_text_atomic
 
 SCHEMA_VERSION = 1
 COLUMNS = ("artifact", "target", "threads", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "throughput_ips",
@@ -143,12 +144,12 @@ def _fmt(value: Any) -> str:
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
-    """All row fields (lists joined with ';')."""
+    """All row fields (lists joined with ';'); text that a spreadsheet would run as a formula is escaped."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(ROW_KEYS), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ";".join(map(str, v)) if isinstance(v, list) else v for k, v in row.items()})
+        writer.writerow({k: csv_cell(";".join(map(str, v)) if isinstance(v, list) else v) for k, v in row.items()})
     return buffer.getvalue()
 
 
@@ -177,9 +178,9 @@ def plot_latency_accuracy(rows: list[dict[str, Any]], path: Path) -> None:
         points = [r for r in measured if r["target"] == target]
         xs = [r["p50_ms"] for r in points]
         ys = [r["accuracy"] if r.get("accuracy") is not None else 0.0 for r in points]
-        axes.scatter(xs, ys, marker=markers[i % len(markers)], label=target)
+        axes.scatter(xs, ys, marker=markers[i % len(markers)], label=plot_label(target))
         for r, x, y in zip(points, xs, ys):
-            axes.annotate(f"{r['artifact']} t{r['threads']}", (x, y), fontsize=7, xytext=(3, 3),
+            axes.annotate(plot_label(f"{r['artifact']} t{r['threads']}"), (x, y), fontsize=7, xytext=(3, 3),
                           textcoords="offset points")
     if measured:
         axes.set_xscale("log")
@@ -190,8 +191,8 @@ def plot_latency_accuracy(rows: list[dict[str, Any]], path: Path) -> None:
     if targets:
         axes.legend(fontsize=8)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.stem}.partial.png")
-    figure.savefig(temp, dpi=110)
-    plt.close(figure)
-    temp.replace(path)
+    try:
+        with atomic_path(path) as temp:
+            figure.savefig(temp, format="png", dpi=110)
+    finally:
+        plt.close(figure)

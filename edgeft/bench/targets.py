@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeft.bench.config import SshOptions
-from edgeft.bench.profiles import Profile, get_profile, parse_toml
+from edgeft.bench.profiles import Profile, get_profile, is_profile_name, parse_toml
+from edgeft.bench.results import clean_text
 from edgeft.bench.transport import LocalTransport, SshTransport, Transport
 from edgeft.errors import TargetError
 
@@ -42,6 +43,9 @@ def resolve_targets(values: tuple[str, ...] | list[str], ssh: SshOptions) -> lis
 def resolve_target(value: str, ssh: SshOptions, name: str | None = None, profile_name: str | None = None,
                    python: str | None = None) -> ResolvedTarget:
     """One target: ``local``, a profile name (its connection defaults), or ``[user@]host[:port]``."""
+    if profile_name is not None and not is_profile_name(str(profile_name)):
+        raise TargetError(f"bad profile name {clean_text(repr(profile_name), 100)}: a profile is named by letters, "
+                          "digits, '-' and '_' (see `edgeft targets`), never by a path")
     profile = get_profile(profile_name or value) if (profile_name or get_profile(value)) else None
     if profile_name and profile is None:
         raise TargetError(f"unknown target profile '{profile_name}' (see `edgeft targets`)")
@@ -54,7 +58,7 @@ def resolve_target(value: str, ssh: SshOptions, name: str | None = None, profile
             raise TargetError(f"profile {profile.name} has no host: use --target user@host with --profile")
         transport = SshTransport(profile.host, ssh, name=name or profile.name, user=profile.user, port=profile.port)
         return ResolvedTarget(name or profile.name, transport, profile, python or _profile_python(profile))
-    if value.startswith("-") or any(c.isspace() for c in value):
+    if not value.startswith("-") and ("/" in value or any(c.isspace() for c in value)):  # "-": SshTransport says
         raise TargetError(f"bad target '{value}': expected local, a profile name, or [user@]host[:port]")
     transport = SshTransport(value, ssh, name=name or value)
     return ResolvedTarget(name or value, transport, profile, python or (_profile_python(profile) if profile else None))
@@ -80,9 +84,19 @@ def _fleet(path: Path, ssh: SshOptions) -> list[ResolvedTarget]:
     except (OSError, ValueError, SyntaxError) as error:
         raise TargetError(f"cannot read fleet file {path}: {error}") from None
     result = []
+    if not isinstance(entries, list):
+        raise TargetError(f"fleet file {path}: expected a list of targets")
     for number, entry in enumerate(entries, 1):
         if not isinstance(entry, dict) or not (entry.get("host") or entry.get("profile")):
             raise TargetError(f"fleet file {path}: target {number} needs a host or a profile")
+        for key in ("name", "host", "user", "profile", "python"):
+            value = entry.get(key)
+            if value is not None and (not isinstance(value, str) or clean_text(value) != value):
+                raise TargetError(f"fleet file {path}: target {number}: '{key}' must be text without control "
+                                  "characters")
+        port = entry.get("port")
+        if port is not None and (isinstance(port, bool) or not str(port).isdigit()):
+            raise TargetError(f"fleet file {path}: target {number}: 'port' must be a number")
         host = entry.get("host")
         if host and entry.get("user"):
             host = f"{entry['user']}@{host}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -18,21 +19,28 @@ import tarfile
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 from edgeft.bench.config import HostKeyPolicy, SshOptions
+from edgeft.bench.results import MAX_OUTPUT_BYTES, clean_text
 from edgeft.errors import TargetError
 
 MARKER_FILE = ".edgeft-bench"
 TEMP_PREFIX = "edgeft-bench."
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_BAD_NAME_CHARS = re.compile(r"[\s\x00-\x1f\x7f]")
 _LOCAL_NAMES = {"localhost", "127.0.0.1", "::1", "ip6-localhost"}
 
-# Prepare a run: make a private temporary directory (with the runner's cleanup marker) and find Python.
+# Prepare a run: make a private temporary directory (with the runner's cleanup marker) and find Python. Each
+# value is printed on its own labelled line, so a space in a path or a login banner cannot shift it.
 _PREPARE_SCRIPT = (
-    'mkdir -p "$1" 2>/dev/null; d=$(mktemp -d "$1/edgeft-bench.XXXXXXXX") || exit 90; touch "$d/.edgeft-bench"; echo "$d"; '
-    'if [ -n "$2" ]; then echo "$2"; '
-    'elif [ -x "$HOME/.edgeft/venv/bin/python" ]; then echo "$HOME/.edgeft/venv/bin/python"; '
-    'else command -v python3 || echo python3; fi'
+    'mkdir -p "$1" 2>/dev/null; d=$(mktemp -d "$1/edgeft-bench.XXXXXXXX") || exit 90; touch "$d/.edgeft-bench"; '
+    'printf "edgeft-dir=%s\\n" "$d"; '
+    'if [ -n "$2" ]; then p="$2"; '
+    'elif [ -x "$HOME/.edgeft/venv/bin/python" ]; then p="$HOME/.edgeft/venv/bin/python"; '
+    'else p=$(command -v python3 || echo python3); fi; printf "edgeft-python=%s\\n" "$p"'
 )
+_TEMP_NAME = re.compile(r"edgeft-bench\.[A-Za-z0-9_]{8}")
 
 
 class Transport:
@@ -60,15 +68,45 @@ class Transport:
         raise NotImplementedError
 
 
+def _read_capped(stream: Any, sink: bytearray, cap: int, keep_tail: bool, on_overflow: Any) -> None:
+    """Read ``stream`` to its end into ``sink``, never holding more than ``cap`` bytes.
+
+    stdout (the result document) stops at the cap and ``on_overflow`` kills the process; stderr keeps
+    its last ``cap`` bytes (the last line is what the error message needs).
+    """
+    while True:
+        block = stream.read(1 << 16)
+        if not block:
+            return
+        sink.extend(block)
+        if len(sink) > cap:
+            if keep_tail:
+                del sink[:-cap]
+            else:
+                del sink[cap:]
+                on_overflow()
+                return
+
+
 def _run_process(cmd: list[str], timeout_s: float, stdin_data: bytes | None, keep_stdin_open: bool,
                  describe: str) -> tuple[int, bytes, bytes]:
-    """Run ``cmd`` keeping its stdin open (its end tells the runner we are gone); kill it on timeout or Ctrl-C."""
+    """Run ``cmd`` keeping its stdin open (its end tells the runner we are gone); kill it on timeout or Ctrl-C.
+
+    At most :data:`MAX_OUTPUT_BYTES` of stdout are read: a device that sends more fails as a target.
+    """
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
-    out: list[bytes] = []
-    err: list[bytes] = []
-    readers = [threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True),
-               threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)]
+    out = bytearray()
+    err = bytearray()
+    overflow = threading.Event()
+
+    def stop() -> None:
+        overflow.set()
+        proc.kill()
+
+    readers = [threading.Thread(target=_read_capped, args=(proc.stdout, out, MAX_OUTPUT_BYTES, False, stop),
+                                daemon=True),
+               threading.Thread(target=_read_capped, args=(proc.stderr, err, 1 << 16, True, stop), daemon=True)]
     for reader in readers:
         reader.start()
     try:
@@ -94,7 +132,10 @@ def _run_process(cmd: list[str], timeout_s: float, stdin_data: bytes | None, kee
             pass
         for reader in readers:
             reader.join(timeout=5)
-    return proc.returncode, b"".join(out), b"".join(err)
+    if overflow.is_set():
+        raise TargetError(f"{describe}: the device sent more than {MAX_OUTPUT_BYTES >> 20} MiB of output; "
+                          "stopped reading it")
+    return proc.returncode, bytes(out), bytes(err)
 
 
 class LocalTransport(Transport):
@@ -113,6 +154,7 @@ class LocalTransport(Transport):
     def push(self, files: dict[str, Path], remote_dir: str) -> None:
         for name, source in files.items():
             target = Path(remote_dir) / name
+            source = Path(source).resolve()  # a symlinked model: link the file, not the link
             try:
                 os.link(source, target)
             except OSError:
@@ -126,7 +168,7 @@ class LocalTransport(Transport):
         return out.decode("utf-8", "replace")
 
     def remove(self, remote_dir: str) -> None:
-        if Path(remote_dir).name.startswith(TEMP_PREFIX):
+        if _TEMP_NAME.fullmatch(Path(remote_dir).name) and not Path(remote_dir).is_symlink():
             shutil.rmtree(remote_dir, ignore_errors=True)
 
 
@@ -144,12 +186,18 @@ class SshTransport(Transport):
             user, host = host.split("@", 1)
         if not host:
             raise TargetError(f"bad target '{destination}': expected [user@]host[:port]")
+        for what, value in (("host", host), ("user", user)):
+            if value is not None and (value.startswith("-") or _BAD_NAME_CHARS.search(value)):
+                raise TargetError(f"bad target '{clean_text(destination, 100)}': the {what} "
+                                  f"'{clean_text(value, 100)}' starts with '-' or holds spaces or control "
+                                  "characters (ssh would read it as an option)")
         self.host = host
         self.user = user
         self.port = port
         self.options = options
         self.name = name or destination
         self._host_id: str | None = None
+        self._prepared: set[str] = set()
 
     # -- command lines
     def ssh_base(self) -> list[str]:
@@ -168,7 +216,8 @@ class SshTransport(Transport):
         cmd += ["-o", "BatchMode=yes", "-o", f"StrictHostKeyChecking={policy}",
                 "-o", f"ConnectTimeout={int(self.options.connect_timeout_s)}",
                 "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
-        return cmd + [self.host, "--"]
+        # "--" ends ssh's options: the host that follows is never read as one
+        return cmd + ["--", self.host]
 
     @property
     def host_id(self) -> str:  # type: ignore[override]
@@ -176,7 +225,7 @@ class SshTransport(Transport):
         if self._host_id is None:
             name = self.host
             try:
-                cmd = self.ssh_base()[:-2] + ["-G", self.host]
+                cmd = self.ssh_base()[:-2] + ["-G", "--", self.host]
                 out = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
                 for line in out.splitlines():
                     if line.startswith("hostname "):
@@ -197,17 +246,22 @@ class SshTransport(Transport):
 
     # -- Transport
     def prepare(self, tmp_root: str, python: str | None) -> tuple[str, str]:
-        code, out, err = self._ssh(["sh", "-c", _PREPARE_SCRIPT, "edgeft", tmp_root, python or ""],
+        root = _check_tmp_root(self.name, tmp_root)
+        code, out, err = self._ssh(["sh", "-c", _PREPARE_SCRIPT, "edgeft", root, python or ""],
                                    self.options.connect_timeout_s + 30, phase="connect")
-        lines = out.decode("utf-8", "replace").split()
-        if code != 0 or len(lines) < 2:
-            raise TargetError(f"target {self.name}: cannot create a temporary directory in {tmp_root}: "
+        if code != 0:
+            raise TargetError(f"target {self.name}: cannot create a temporary directory in {clean_text(tmp_root)}: "
                               f"{_last_line(err) or f'exit status {code}'}")
-        return lines[0], lines[1]
+        directory, python_path = parse_prepare_output(self.name, out.decode("utf-8", "replace"), root)
+        self._prepared.add(directory)
+        return directory, python_path
 
     def push(self, files: dict[str, Path], remote_dir: str) -> None:
+        if remote_dir not in self._prepared:
+            raise TargetError(f"target {self.name}: refusing to copy files into {clean_text(remote_dir)}, "
+                              "a directory this run did not create")
         buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w") as archive:
+        with tarfile.open(fileobj=buffer, mode="w", dereference=True) as archive:  # a symlinked model: its file
             for name, source in files.items():
                 archive.add(str(source), arcname=name)
         code, _, err = self._ssh(["tar", "-C", remote_dir, "-xf", "-"], 600, stdin_data=buffer.getvalue(),
@@ -223,21 +277,53 @@ class SshTransport(Transport):
         return out.decode("utf-8", "replace")
 
     def remove(self, remote_dir: str) -> None:
-        if not Path(remote_dir).name.startswith(TEMP_PREFIX):
-            return
+        if remote_dir not in self._prepared:
+            return  # only the directory prepare() made and checked is ever removed
+        self._prepared.discard(remote_dir)
         try:
-            self._ssh(["rm", "-rf", remote_dir], self.options.connect_timeout_s + 10, phase="cleanup")
+            self._ssh(["rm", "-rf", "--", remote_dir], self.options.connect_timeout_s + 10, phase="cleanup")
         except TargetError:
             pass
 
 
+def _check_tmp_root(name: str, tmp_root: str) -> str:
+    """``--remote-tmpdir`` without trailing slashes; a leading ``-`` or control characters (a newline) are refused."""
+    if not tmp_root or tmp_root.startswith("-") or _CONTROL_CHARS.search(tmp_root):
+        raise TargetError(f"target {name}: bad --remote-tmpdir {clean_text(repr(tmp_root), 100)}: "
+                          "give a directory path that does not start with '-', without control characters")
+    return tmp_root.rstrip("/") or "/"
+
+
+def parse_prepare_output(name: str, output: str, root: str) -> tuple[str, str]:
+    """(temporary directory, python) from the prepare script's labelled lines; other lines (banners) are ignored.
+
+    The directory must be ``ROOT/edgeft-bench.XXXXXXXX``, exactly what ``mktemp`` makes there, or nothing is
+    copied into it or removed.
+    """
+    values: dict[str, str] = {}
+    for line in output.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key in ("edgeft-dir", "edgeft-python"):
+            values[key] = value
+    directory, python = values.get("edgeft-dir", ""), values.get("edgeft-python", "")
+    prefix = "/" if root == "/" else root + "/"
+    if not (directory.startswith(prefix) and _TEMP_NAME.fullmatch(directory[len(prefix):])):
+        raise TargetError(f"target {name}: the device did not report a temporary directory under {clean_text(root)} "
+                          f"(got {clean_text(repr(directory), 120)})")
+    if not python:
+        raise TargetError(f"target {name}: the device reported no Python to run the runner with")
+    return directory, python
+
+
 def _last_line(data: bytes) -> str:
+    """The device's last non-empty stderr line, cleaned of control characters (terminal escapes)."""
     lines = [line.strip() for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
-    return lines[-1] if lines else ""
+    return clean_text(lines[-1], 300) if lines else ""
 
 
 def ssh_failure_message(name: str, stderr: str, phase: str) -> str:
     """One line for an ssh exit status 255, from what ssh printed."""
+    stderr = "\n".join(clean_text(line, 300) for line in stderr.splitlines())
     text = stderr.lower()
     if "remote host identification has changed" in text or "host key for" in text and "has changed" in text:
         return (f"target {name}: the host key has CHANGED since it was recorded in known_hosts "
