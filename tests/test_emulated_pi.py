@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -239,13 +241,62 @@ def test_doctor_reports_the_aarch64_python_and_pi4_cpu(bookworm: Path, monkeypat
     assert text.exit_code == 0 and "Raspberry Pi 4" in text.stdout and "aarch64" in text.stdout
 
 
-def test_doctor_catches_a_runtime_too_old_on_bullseye(bullseye: Path, exported: tuple[Path, Path, dict]) -> None:
+SOFTMAX = 25  # builtin operator code
+
+
+def _needs_newer_runtime(source: Path, target: Path) -> None:
+    """Copy a model making its SOFTMAX version 4 (ai-edge-litert 2.3.0 has it, 2.1.0 does not) and recording
+    ``min_runtime_version`` 2.21.0, as a converter does for a model that uses a newer op version."""
+    from edgeft.bench.profiles import runner_module
+
+    r = runner_module()
+    buf = bytearray(source.read_bytes())
+    model = r._fb_table(buf, r._fb_deref(buf, 0))
+    start, count = r._fb_vector(buf, r._fb_field(buf, model, 1))
+    patched = 0
+    for i in range(count):
+        code = r._fb_table(buf, r._fb_deref(buf, start + 4 * i))
+        code_at, version_at = r._fb_field(buf, code, 3), r._fb_field(buf, code, 2)
+        if code_at and version_at and struct.unpack_from("<i", buf, code_at)[0] == SOFTMAX:
+            struct.pack_into("<i", buf, version_at, 4)
+            patched += 1
+    buffers, _ = r._fb_vector(buf, r._fb_field(buf, model, 4))
+    entries, count = r._fb_vector(buf, r._fb_field(buf, model, 6))
+    for i in range(count):
+        entry = r._fb_table(buf, r._fb_deref(buf, entries + 4 * i))
+        if r._fb_string(buf, r._fb_field(buf, entry, 0)) == "min_runtime_version":
+            index = struct.unpack_from("<I", buf, r._fb_field(buf, entry, 1))[0]
+            data = r._fb_table(buf, r._fb_deref(buf, buffers + 4 * index))
+            at, length = r._fb_vector(buf, r._fb_field(buf, data, 0))
+            buf[at:at + length] = b"2.21.0".ljust(length, b"\0")
+            patched += 1
+    assert patched == 2, "expected one SOFTMAX op with a version and a min_runtime_version entry"
+    target.write_bytes(bytes(buf))
+
+
+@pytest.mark.slow
+def test_doctor_and_bench_catch_a_runtime_too_old_on_bullseye(bookworm: Path, bullseye: Path,
+                                                              exported: tuple[Path, Path, dict],
+                                                              tmp_path: Path) -> None:
     _, out, _ = exported
-    result = run_edgeft("doctor", "--target", "rpi4-emu-bullseye", str(out / "model_int8.tflite"), "--json")
+    model = tmp_path / "model_int8.tflite"
+    _needs_newer_runtime(out / "model_int8.tflite", model)
+    result = run_edgeft("doctor", "--target", "rpi4-emu-bullseye", str(model), "--json")
     report = json.loads(result.stdout)
-    assert report["facts"]["python"].startswith("3.9.") and report["facts"]["onnxruntime"] == "1.19.2"
-    assert report["facts"]["tflite_runtimes"][0]["version"] == "2.1.0"
-    assert any("2.1.0 is older than model_int8.tflite needs" in p["problem"] for p in report["problems"]), report
+    facts = report["facts"]
+    assert facts["python"].startswith("3.9.") and facts["onnxruntime"] == "1.19.2" and facts["numpy"] < "2"
+    assert facts["tflite_runtimes"][0] == {"name": "ai_edge_litert", "version": "2.1.0"}
+    assert any("ai_edge_litert 2.1.0 is older than model_int8.tflite needs (TFLite >= 2.21.0)" in p["problem"]
+               for p in report["problems"]), report["problems"]
+    assert json.loads(run_edgeft("doctor", "--target", "rpi4-emu", str(model), "--json").stdout)["ok"] is True
+    # and the runtimes really differ: Bookworm's 2.3.0 runs it, Bullseye's 2.1.0 refuses it in one line
+    result = run_edgeft("bench", str(model), "--target", "rpi4-emu", "--target", "rpi4-emu-bullseye", "--runs", "1",
+                        "--warmup", "0", "--json", "--out", str(tmp_path / "bench"))
+    assert result.exit_code == 7
+    rows = {row["target"]: row for row in json.loads((tmp_path / "bench" / "bench.json").read_text())["rows"]}
+    assert rows["rpi4-emu"]["error"] is None and rows["rpi4-emu"]["p50_ms"] > 0
+    assert re.search(r"^ai-edge-litert 2\.1\.0 cannot run \S*model_int8\.tflite: it lacks op SOFTMAX version 4 ",
+                     rows["rpi4-emu-bullseye"]["error"]), rows["rpi4-emu-bullseye"]["error"]
 
 
 # ----------------------------------------------------------------------------- pitfalls, errors
