@@ -29,6 +29,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from dataclasses import dataclass
@@ -505,16 +506,26 @@ def _ensure_qemu(root: Path, work: Path) -> str:
     log("set-up: fetching Debian's qemu-user-static (amd64) package lists")
     apt.update()
     deb = apt.download("qemu-user-static", work / "qemu-deb")
-    unpacked = work / "qemu-unpacked"
-    _unpack(deb, unpacked)
-    found = unpacked / "usr" / "bin" / "qemu-aarch64-static"
-    if not found.is_file():
-        found = unpacked / "usr" / "bin" / "qemu-aarch64"
-    if not found.is_file():
-        raise TargetError(f"set-up: {deb.name} holds no qemu-aarch64-static")
     qemu.parent.mkdir(parents=True, exist_ok=True)
     partial = qemu.with_name(qemu.name + ".partial")
-    shutil.copyfile(found, partial)
+    # Only the one binary out of the package's ~370 MB of emulators.
+    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL) as proc:
+        found = False
+        with tarfile.open(fileobj=proc.stdout, mode="r|*") as archive:
+            for member in archive:
+                if member.isfile() and member.name.lstrip("./") == "usr/bin/qemu-aarch64-static":
+                    source = archive.extractfile(member)
+                    if source is not None:
+                        with open(partial, "wb") as target:
+                            shutil.copyfileobj(source, target)
+                        found = True
+                    break
+        if proc.stdout is not None:
+            proc.stdout.close()
+        proc.kill()
+    if not found:
+        raise TargetError(f"set-up: {deb.name} holds no usr/bin/qemu-aarch64-static")
     partial.chmod(0o755)
     partial.replace(qemu)
     return _qemu_version(qemu)
