@@ -249,7 +249,8 @@ class EmulatedTransport(LocalTransport):
         ready = read_ready(self.userland, self.root) or {}
         return {"emulated": True, "cpu": self.cpu, "userland": self.userland.value,
                 "qemu": ready.get("qemu_version"), "python": ready.get("python_version"),
-                "note": "latency is QEMU's on this host, not the device's; accuracy and outputs are real"}
+                "note": "latency is QEMU's on this host, not the device's; accuracy and outputs are real",
+                "warnings": host_warnings()}
 
     def check(self) -> None:
         """Raise a one-line :class:`TargetError` when the userland is missing or a pitfall would be hit."""

@@ -103,9 +103,11 @@ def write_reports(config: BenchConfig, rows: list[dict[str, Any]], targets: list
             "throttled_during_run": document.get("throttled_during_run"), "error": errors.get(target.name),
         }
         if getattr(target.transport, "emulated", False):
-            target_facts[target.name]["emulation"] = target.transport.describe()  # type: ignore[attr-defined]
+            emulation = target.transport.describe()  # type: ignore[attr-defined]
+            target_facts[target.name]["emulation"] = emulation
             warnings.append(f"{target.name} is EMULATED (QEMU on this host): its latencies are not a device's; "
                             "its accuracy and outputs are real")
+            warnings.extend(f"{target.name}: {line}" for line in emulation.get("warnings", []))
     # integer input (any full-integer model, edgeft's or not) or edgeft's int8 file names (float I/O)
     benched_int8 = any(row.get("input_dtype") in ("int8", "uint8") or "int8" in str(row.get("artifact", ""))
                        for row in rows)
