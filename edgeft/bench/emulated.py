@@ -211,8 +211,9 @@ def host_warnings() -> list[str]:
     found = [name for name in LEAKY_VARIABLES if os.environ.get(name)]
     if not found:
         return []
-    return [f"{', '.join(found)} set on this host: the emulated target clears them (they would make the "
-            "emulated Python import host x86 modules or change the emulated CPU)"]
+    verb, pronoun = ("is", "it") if len(found) == 1 else ("are", "them")
+    return [f"{', '.join(found)} {verb} set on this host: the emulated target clears {pronoun} (left in, the "
+            "emulated Python would import host x86 modules, or QEMU would change the CPU or sysroot)"]
 
 
 def _clean_env() -> dict[str, str]:
