@@ -332,6 +332,7 @@ def _host_problems() -> list[str]:
 
 
 def _check(cmd: list[str], what: str, timeout_s: float = 600) -> str:
+    """Run a set-up command; returns stdout and stderr together, raises a one-line error on failure."""
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=_clean_env())
     except subprocess.TimeoutExpired:
@@ -340,12 +341,12 @@ def _check(cmd: list[str], what: str, timeout_s: float = 600) -> str:
         raise MissingDependencyError(f"set-up: cannot run {cmd[0]} for {what}: {error}") from None
     if done.returncode != 0:
         raise TargetError(f"set-up: {what} failed: {_apt_pip_reason(done.stderr + done.stdout)}")
-    return done.stdout
+    return done.stdout + done.stderr
 
 
-def _apt_pip_reason(text: str) -> str:
+def _apt_pip_reason(text: str, fallback_network: bool = False) -> str:
     lowered = text.lower()
-    if any(s in lowered for s in ("temporary failure resolving", "could not resolve", "failed to fetch",
+    if fallback_network or any(s in lowered for s in ("temporary failure resolving", "could not resolve", "failed to fetch",
                                   "network is unreachable", "connection refused", "name or service not known",
                                   "no matching distribution", "could not find a version", "connection timed out")):
         hint = " (no network, or the Debian/PyPI registry is unreachable from here)"
@@ -353,10 +354,12 @@ def _apt_pip_reason(text: str) -> str:
         hint = " (permission denied: the cache folder must be writable; no root is needed otherwise)"
     else:
         hint = ""
-    lines = [line.strip() for line in text.splitlines()
-             if line.strip() and (line.lstrip().startswith(("E:", "ERROR", "error")) or "rror" in line)]
-    lines = lines or [line.strip() for line in text.splitlines() if line.strip()]
-    return (lines[-1] if lines else "no message") + hint
+    all_lines = [line.strip() for line in text.splitlines() if line.strip()]
+    causes = [line for line in all_lines if any(s in line.lower() for s in ("failed to fetch", "temporary failure",
+                                                                             "could not", "unable to"))]
+    errors = [line for line in all_lines if line.startswith(("E:", "ERROR", "error"))]
+    line = (errors or causes or all_lines or ["no message"])[-1]
+    return (line if len(line) <= 300 else line[:297] + "...") + hint
 
 
 class _Apt:
@@ -384,7 +387,11 @@ class _Apt:
         return _check(["apt-get", "-q", *self.options, *args], what)
 
     def update(self) -> None:
-        self.run(["update"], "apt-get update (private arm64/amd64 package lists)")
+        # apt-get update exits 0 when nothing could be fetched (warnings only): check that lists arrived.
+        output = _check(["apt-get", "-q", *self.options, "update"], "apt-get update (private package lists)")
+        if not any(self.state.joinpath("lists").glob("*_Packages*")):
+            raise TargetError("set-up: apt-get update fetched no Debian package list: "
+                              + _apt_pip_reason(output, fallback_network=True))
 
     def download_closure(self, packages: tuple[str, ...]) -> list[Path]:
         """``install --download-only`` against an empty status: the packages and all their dependencies."""
