@@ -287,8 +287,12 @@ class EmulatedTransport(LocalTransport):
 
 
 def _explain_exit(code: int, err: bytes, cpu: str) -> str:
-    text = err.decode("utf-8", "replace").strip()
-    last = text.splitlines()[-1] if text else ""
+    """One line for an emulated program that failed: the program's own last error line, not QEMU's."""
+    text = err.decode("utf-8", "replace").replace("\0", "")
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip() and not line.strip().startswith(("qemu:", "INFO:"))]
+    errors = [line for line in lines if "error" in line.lower()]
+    last = (errors or lines or [""])[-1]
     if code in (-4, 132) or "Illegal instruction" in text:
         return (f"the emulated program died with SIGILL on {cpu}: it uses an instruction this CPU lacks "
                 f"({last or 'no message'}); a real device with this CPU fails the same way")
