@@ -193,14 +193,15 @@ def plot_latency_accuracy(rows: list[dict[str, Any]], path: Path) -> None:
         points = [r for r in measured if r["target"] == target]
         xs = [r["p50_ms"] for r in points]
         ys = [r["accuracy"] if r.get("accuracy") is not None else 0.0 for r in points]
-        if any(r.get("emulated") for r in points):  # hollow: the emulator's latency, not a device's
-            axes.scatter(xs, ys, marker=markers[i % len(markers)], facecolors="none", edgecolors=f"C{i}",
-                         label=f"{target} (EMULATED: QEMU latency, not a device's)")
-        else:
-            axes.scatter(xs, ys, marker=markers[i % len(markers)], label=target)
+        axes.scatter(xs, ys, marker=markers[i % len(markers)], label=target)
         for r, x, y in zip(points, xs, ys):
             axes.annotate(f"{r['artifact']} t{r['threads']}", (x, y), fontsize=7, xytext=(3, 3),
                           textcoords="offset points")
+        if any(r.get("emulated") for r in points):  # hollow and labelled: the emulator's latency, not a device's
+            emulated = axes.collections[-1]
+            emulated.set_facecolor("none")
+            emulated.set_edgecolor(f"C{i}")
+            emulated.set_label(f"{emulated.get_label()} (EMULATED: QEMU latency, not a device's)")
     if measured:
         axes.set_xscale("log")
     axes.set_xlabel("median latency per image (ms, log scale)")
