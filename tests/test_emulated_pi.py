@@ -317,6 +317,9 @@ def test_command_problems_catch_each_pitfall(tmp_path: Path) -> None:
     assert "cpuinfo is missing" in command_problems([qemu, "-cpu", "cortex-a72", "-L", str(view), python, "-E", "-s"])[0]
     argv = python_argv("cortex-a76", Userland.BOOKWORM, tmp_path)
     assert argv[1:3] == ["-cpu", "cortex-a76"] and argv[-2:] == ["-E", "-s"]
+    # only the emulated Python runs there: doctor --install's shell command is refused in one line
+    with pytest.raises(TargetError, match="runs only its own Python, not `sh`"):
+        EmulatedTransport("rpi4-emu", "cortex-a72", Userland.BOOKWORM, tmp_path).run(["sh", "-c", "true"], 5)
 
 
 def test_missing_userland_is_one_line_exit_7(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -271,9 +271,10 @@ class EmulatedTransport(LocalTransport):
     def run(self, argv: list[str], timeout_s: float, stdin_data: bytes | None = None,
             keep_stdin_open: bool = False) -> str:
         if not argv or argv[0] not in (self.python, "python3", "python"):
-            raise TargetError(f"target {self.name}: an emulated target runs only its Python "
-                              f"({shlex.join(argv[:3])} was asked); its packages come from "
-                              f"`edgeft targets setup {self.name} --force`")
+            raise TargetError(f"target {self.name}: an emulated target runs only its own Python, not "
+                              f"`{os.path.basename(argv[0]) if argv else ''}`: its packages are the rpi4 profile's "
+                              f"pins, installed by `edgeft targets setup {self.name}` (doctor --install does not "
+                              "apply)")
         self.check()
         prefix = self.argv
         # The runner starts one child Python per job: under QEMU without binfmt_misc it must exec the
