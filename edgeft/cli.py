@@ -187,21 +187,45 @@ def bench(artifacts: tuple[Path, ...], targets: tuple[str, ...], threads: str | 
         click.echo((Path(config.out_dir) / "bench.md").read_text("utf-8"), nl=False)
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True)
-def targets(as_json: bool) -> None:
-    """List the target profiles (connection defaults, runtime, delegate, threads)."""
+@click.pass_context
+def targets(ctx: click.Context, as_json: bool) -> None:
+    """List the target profiles (connection defaults, runtime, delegate, threads); `setup` builds emulated ones."""
     from edgeft.bench import list_targets
 
+    if ctx.invoked_subcommand is not None:
+        return
     rows = list_targets()
     if as_json:
         _emit_json(rows)
         return
     for row in rows:
-        where = "this computer" if row["kind"] == "local" else f"{row['user']}@{row['host']}"
+        where = {"local": "this computer", "emulated": "this computer (QEMU)"}.get(row["kind"],
+                                                                                f"{row['user']}@{row['host']}")
         threads = ",".join(str(t) for t in row["threads"])
         click.echo(f"{row['name']:<16} {where:<26} delegate {row['delegate']:<8} threads {threads:<7} "
                    f"{row['description']}")
+
+
+@targets.command("setup")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--userland", type=click.Choice(["bookworm", "bullseye"]), default=None,
+              help="Debian arm64 release to emulate [the profile's: bookworm, Python 3.11].")
+@click.option("--force", is_flag=True, help="Rebuild even when already set up.")
+@click.option("--json", "as_json", is_flag=True)
+def targets_setup(names: tuple[str, ...], userland: str | None, force: bool, as_json: bool) -> None:
+    """Build the aarch64 userland of emulated targets (rpi4-emu, rpi5-emu) with apt and pip, under ~/.cache."""
+    from edgeft.bench.emulated import setup_targets
+
+    results = setup_targets(names, force=force, userland=userland)
+    if as_json:
+        _emit_json(results)
+    else:
+        for result in results:
+            click.echo(f"{result['userland']:<9} {', '.join(result['cpus'])}: Python {result['python_version']}, "
+                       f"{' '.join(f'{k} {v}' for k, v in result['packages'].items())}; "
+                       f"{result['size_bytes'] / 1e6:.0f} MB in {result['root']}")
 
 
 @cli.command()

@@ -720,7 +720,18 @@ class Cleanup:
 
 
 def _child_command(job_path: str) -> List[str]:
-    return [sys.executable, os.path.abspath(__file__), "one", job_path]
+    # EDGEFT_DEVICE_PYTHON_ARGV (a JSON list) replaces sys.executable, e.g. an emulator that runs the device's
+    # Python: under QEMU user mode without binfmt_misc, exec of the arm sys.executable fails.
+    prefix = [sys.executable]
+    raw = os.environ.get("EDGEFT_DEVICE_PYTHON_ARGV")
+    if raw:
+        try:
+            prefix = json.loads(raw)
+        except ValueError:
+            prefix = None
+        if not isinstance(prefix, list) or not prefix or not all(isinstance(a, str) for a in prefix):
+            raise RunnerError("EDGEFT_DEVICE_PYTHON_ARGV must be a JSON list of strings (got %r)" % raw[:200])
+    return prefix + [os.path.abspath(__file__), "one", job_path]
 
 
 def bench(spec: Dict[str, Any], cleanup: Cleanup, workdir: str) -> Dict[str, Any]:

@@ -16,7 +16,8 @@
         accuracy, top5_accuracy fractions 0..1 on the evaluation set, measured on the device (null without --eval;
                                 top5 null with 5 classes or fewer); eval_count
         runtime, runtime_version, delegate ("edgetpu" or null)
-        emulated                false for a real device
+        emulated                false for a real device; true for an emulated one (rpi4-emu: QEMU on the host),
+                                whose latency, throughput and memory are the emulator's, never a device's
         throttled               Pi: throttling seen during the run (vcgencmd); null when unknown
         shares_cores_with       other targets on the same host that ran at the same time (their latencies skew)
         error                   null, or the one-line reason this row has no measurement
@@ -102,6 +103,12 @@ def write_reports(config: BenchConfig, rows: list[dict[str, Any]], targets: list
             "device": document.get("device"), "before": document.get("before"), "after": document.get("after"),
             "throttled_during_run": document.get("throttled_during_run"), "error": errors.get(target.name),
         }
+        if getattr(target.transport, "emulated", False):
+            emulation = target.transport.describe()  # type: ignore[attr-defined]
+            target_facts[target.name]["emulation"] = emulation
+            warnings.append(f"{target.name} is EMULATED (QEMU on this host): its latencies are not a device's; "
+                            "its accuracy and outputs are real")
+            warnings.extend(f"{target.name}: {line}" for line in emulation.get("warnings", []))
     # integer input (any full-integer model, edgeft's or not) or edgeft's int8 file names (float I/O)
     benched_int8 = any(row.get("input_dtype") in ("int8", "uint8") or "int8" in str(row.get("artifact", ""))
                        for row in rows)
@@ -153,11 +160,20 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+_EMULATOR_MEASURED = ("mean_ms", "p50_ms", "p90_ms", "p99_ms", "throughput_ips", "peak_rss_mb")
+
+
 def to_markdown(rows: list[dict[str, Any]], warnings: list[str]) -> str:
-    """A Markdown table of the main columns, then the warnings."""
+    """A Markdown table of the main columns, then the warnings; an emulated row's timings read "(QEMU)"."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
-        lines.append("| " + " | ".join(_fmt(row.get(c)).replace("|", "/") for c in COLUMNS) + " |")
+        cells = []
+        for column in COLUMNS:
+            cell = _fmt(row.get(column)).replace("|", "/")
+            if row.get("emulated") and column in _EMULATOR_MEASURED and row.get(column) is not None:
+                cell += " (QEMU)"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
     if warnings:
         lines += ["", *[f"- warning: {w}" for w in warnings]]
     return "\n".join(lines) + "\n"
@@ -182,6 +198,11 @@ def plot_latency_accuracy(rows: list[dict[str, Any]], path: Path) -> None:
         for r, x, y in zip(points, xs, ys):
             axes.annotate(plot_label(f"{r['artifact']} t{r['threads']}"), (x, y), fontsize=7, xytext=(3, 3),
                           textcoords="offset points")
+        if any(r.get("emulated") for r in points):  # hollow and labelled: the emulator's latency, not a device's
+            emulated = axes.collections[-1]
+            emulated.set_facecolor("none")
+            emulated.set_edgecolor(f"C{i}")
+            emulated.set_label(f"{emulated.get_label()} (EMULATED: QEMU latency, not a device's)")
     if measured:
         axes.set_xscale("log")
     axes.set_xlabel("median latency per image (ms, log scale)")

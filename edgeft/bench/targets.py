@@ -53,6 +53,11 @@ def resolve_target(value: str, ssh: SshOptions, name: str | None = None, profile
     if value == "local" or (profile is not None and profile.kind == "local" and value == profile.name):
         return ResolvedTarget(name or "local", LocalTransport(name or "local"), profile or get_profile("local"),
                               python or None)
+    if profile is not None and profile.kind == "emulated" and value == profile.name:
+        from edgeft.bench.emulated import transport_for
+
+        emulated = transport_for(profile, name or profile.name)
+        return ResolvedTarget(name or profile.name, emulated, profile, emulated.python)
     if profile is not None and value == profile.name:
         if not profile.host:
             raise TargetError(f"profile {profile.name} has no host: use --target user@host with --profile")

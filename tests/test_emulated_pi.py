@@ -1,0 +1,353 @@
+"""Emulated Raspberry Pi targets: the runner on Debian's arm64 Python with the device's own aarch64 wheels.
+
+The userland is built once (``edgeft targets setup``, idempotent) into the real emulated cache, not the
+per-test cache. On a machine without apt the tests skip with the reason; in CI (``CI`` set) a set-up
+failure fails them. Every emulated invoke costs about a second (0.8 s for a 224 px int8 MobileNetV2 on
+the Pi 4 profile), so each test keeps to a few.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SHARED, run_edgeft
+from export_helpers import mobilenet_run
+
+from edgeft.bench.emulated import (EmulatedTransport, Userland, cache_root, command_problems, python_argv,
+                                   setup_userland)
+from edgeft.errors import MissingDependencyError, TargetError
+
+# Read before conftest points EDGEFT_CACHE_DIR at a per-session folder: the userland is big, keep one.
+EMULATED_DIR = cache_root()
+RUNNER = Path(__file__).resolve().parents[1] / "targets" / "runner.py"
+MODEL = SHARED / "models" / "tf2_mobilenet_v2_1.0_224_ptq.tflite"
+CAT = SHARED / "models" / "cat.bmp"
+LABELS = SHARED / "models" / "imagenet_labels.txt"
+FLOAT_ATOL = 1e-5  # float outputs, aarch64 vs x86 kernels (observed: ~3e-6 with onnxruntime)
+
+# Prints the raw output tensors (before dequantization) of the runner's own LoadedModel, and its API.
+PROBE = r'''
+import json, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import runner
+model = runner.LoadedModel(sys.argv[2], threads=1)
+images = np.load(sys.argv[3], allow_pickle=False)
+raw = []
+for image in images:
+    model.set_input(model.prepare(image[None]))
+    model.invoke()
+    out = model.interpreter.get_tensor(model.output_index) if model.kind == "tflite" else model._out[0]
+    raw.append(np.asarray(out).reshape(-1).tolist())
+api = type(model.interpreter if model.kind == "tflite" else model.session)
+print(json.dumps({"raw": raw, "dtype": str(np.asarray(out).dtype), "api": api.__module__ + "." + api.__name__,
+                  "runtime": model.runtime, "version": model.runtime_version}))
+'''
+
+# LiteRT's newer CompiledModel API, which edgeft does not use.
+COMPILED_MODEL = r'''
+import sys
+import numpy as np
+from ai_edge_litert.compiled_model import CompiledModel
+model = CompiledModel.from_file(sys.argv[1])
+inputs, outputs = model.create_input_buffers(0), model.create_output_buffers(0)
+inputs[0].write(np.zeros((1, 224, 224, 3), np.uint8))
+model.run_by_index(0, inputs, outputs)
+print("ran")
+'''
+
+
+def _in_ci() -> bool:
+    return bool(os.environ.get("CI") or os.environ.get("EDGEFT_REQUIRE_EMULATED"))
+
+
+def _setup(userland: Userland, cpus: tuple[str, ...]) -> Path:
+    try:
+        setup_userland(userland, cpus, root=EMULATED_DIR)
+    except (MissingDependencyError, TargetError) as error:
+        if _in_ci():
+            pytest.fail(f"emulated {userland.value} userland set-up failed in CI: {error}")
+        pytest.skip(f"no emulated {userland.value} userland: {error}")
+    return EMULATED_DIR
+
+
+@pytest.fixture(scope="module")
+def bookworm() -> Path:
+    return _setup(Userland.BOOKWORM, ("cortex-a72", "cortex-a76"))
+
+
+@pytest.fixture(scope="module")
+def bullseye() -> Path:
+    return _setup(Userland.BULLSEYE, ("cortex-a72",))
+
+
+@pytest.fixture(autouse=True)
+def _emulated_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEFT_EMULATED_DIR", str(EMULATED_DIR))
+
+
+def _needs_shared() -> None:
+    for path in (MODEL, CAT, LABELS):
+        if not path.is_file():
+            pytest.skip(f"needs {path} (the shared offline assets are not present)")
+
+
+def _probe(tmp_path: Path, model: Path, images: np.ndarray, transport: EmulatedTransport | None) -> dict:
+    """Run PROBE on x86 (transport None) or on the emulated target."""
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE)
+    batch = tmp_path / "images.npy"
+    np.save(batch, images)
+    args = [str(script), str(RUNNER.parent), str(model), str(batch)]
+    if transport is None:
+        done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(done.stdout)
+    return json.loads(transport.run([transport.python, *args], timeout_s=600))
+
+
+def _cat(size: int = 224) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(CAT) as image:
+        return np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8)[None]
+
+
+# ----------------------------------------------------------------------------- 1. the runner on aarch64
+@pytest.mark.slow
+@pytest.mark.parametrize("cpu", ["cortex-a72", "cortex-a76"])
+def test_runner_classifies_cat_bit_identical_to_x86(bookworm: Path, tmp_path: Path, cpu: str) -> None:
+    _needs_shared()
+    images = _cat()
+    host = _probe(tmp_path, MODEL, images, None)
+    device = _probe(tmp_path, MODEL, images, EmulatedTransport(f"emu-{cpu}", cpu, Userland.BOOKWORM, bookworm))
+    labels = LABELS.read_text().splitlines()
+    top1 = int(np.argmax(device["raw"][0]))
+    assert "cat" in labels[top1].lower(), labels[top1]
+    assert device["dtype"] == host["dtype"] == "uint8"
+    assert device["raw"] == host["raw"], "int8 output differs between aarch64 and x86"
+    # the runner uses LiteRT's classic Interpreter, which runs on a Pi 4 (CompiledModel does not, see below)
+    assert device["api"] == "ai_edge_litert.interpreter.Interpreter" and device["version"] == "2.3.0"
+
+
+@pytest.mark.slow
+def test_compiled_model_api_dies_on_pi4_but_not_pi5(bookworm: Path, tmp_path: Path) -> None:
+    """LiteRT's CompiledModel needs LSE atomics, which a Pi 4's Cortex-A72 lacks: why the runner avoids it."""
+    _needs_shared()
+    script = tmp_path / "compiled.py"
+    script.write_text(COMPILED_MODEL)
+    pi4 = EmulatedTransport("rpi4-emu", "cortex-a72", Userland.BOOKWORM, bookworm)
+    with pytest.raises(TargetError, match=r"SIGILL on cortex-a72: .*compiled with lse enabled"):
+        pi4.run([pi4.python, str(script), str(MODEL)], timeout_s=300)
+    pi5 = EmulatedTransport("rpi5-emu", "cortex-a76", Userland.BOOKWORM, bookworm)
+    assert pi5.run([pi5.python, str(script), str(MODEL)], timeout_s=300).strip().endswith("ran")
+
+
+@pytest.mark.slow
+def test_runner_on_bullseye_python39_matches_x86(bullseye: Path, tmp_path: Path) -> None:
+    _needs_shared()
+    images = _cat()
+    host = _probe(tmp_path, MODEL, images, None)
+    device = _probe(tmp_path, MODEL, images, EmulatedTransport("emu", "cortex-a72", Userland.BULLSEYE, bullseye))
+    assert device["version"] == "2.1.0"
+    assert device["raw"] == host["raw"]
+
+
+# ----------------------------------------------------------------------------- 2. edgeft's exports
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    from edgeft.export import ExportConfig, main_export
+
+    run = mobilenet_run(tmp_path_factory)
+    out = tmp_path_factory.mktemp("export-emu")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDGEFT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "edgeft-cache"))
+        config = ExportConfig.from_flags(run, out, formats=["tflite", "onnx"], int8=True, calib_size=24,
+                                         isolate=False, latency_runs=2, max_drop=100.0)
+        report = main_export(config)
+    return run, out, report
+
+
+@pytest.mark.slow
+def test_exports_on_rpi4_emu_have_the_x86_accuracy(bookworm: Path, exported: tuple[Path, Path, dict],
+                                                    tmp_path: Path) -> None:
+    run, out, report = exported
+    expected = {Path(a["path"]).name: a["accuracy"] for a in report["artifacts"]}
+    assert {"model_float32.tflite", "model_int8.tflite", "model_int8.onnx"} <= set(expected)
+    result = run_edgeft("bench", str(out), "--target", "rpi4-emu", "--eval", str(run), "--runs", "1",
+                        "--warmup", "0", "--threads", "1", "--json", "--out", str(tmp_path / "bench"))
+    assert result.exit_code == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout)
+    measured = {row["artifact"]: row for row in summary["rows"]}
+    assert set(measured) == set(expected)
+    for name, accuracy in expected.items():
+        row = measured[name]
+        assert row["error"] is None and row["eval_count"] > 0, (name, row["error"])
+        assert row["accuracy"] == accuracy, (f"{name}: accuracy on rpi4-emu {row['accuracy']} differs from the x86 "
+                                             f"accuracy in export_report.json {accuracy}")
+        assert row["emulated"] is True and row["target"] == "rpi4-emu"
+    # latency from the emulator must never read as a device's
+    assert summary["targets"]["rpi4-emu"]["emulation"]["cpu"] == "cortex-a72"
+    assert any("rpi4-emu is EMULATED" in w for w in summary["warnings"])
+    table = (tmp_path / "bench" / "bench.md").read_text()
+    assert all("(QEMU)" in line for line in table.splitlines() if "| rpi4-emu |" in line)
+
+
+@pytest.mark.slow
+def test_export_outputs_on_aarch64_match_x86(bookworm: Path, exported: tuple[Path, Path, dict],
+                                             tmp_path: Path) -> None:
+    """Raw outputs of two validation images: int8 bit-identical, float within FLOAT_ATOL."""
+    run, out, _ = exported
+    from edgeft.bench.core import load_eval_set
+
+    images, _, _ = load_eval_set(run, 64, limit=2)
+    transport = EmulatedTransport("rpi4-emu", "cortex-a72", Userland.BOOKWORM, bookworm)
+    for name in ("model_float32.tflite", "model_int8.tflite", "model_float32.onnx", "model_int8.onnx"):
+        host = _probe(tmp_path, out / name, images, None)
+        device = _probe(tmp_path, out / name, images, transport)
+        assert device["dtype"] == host["dtype"], name
+        if host["dtype"] in ("uint8", "int8"):
+            assert device["raw"] == host["raw"], f"{name}: int8 output differs between aarch64 and x86"
+        else:
+            difference = float(np.max(np.abs(np.array(device["raw"]) - np.array(host["raw"]))))
+            assert difference <= FLOAT_ATOL, f"{name}: float output differs by {difference:g} (> {FLOAT_ATOL})"
+
+
+# ----------------------------------------------------------------------------- 3. doctor
+def test_doctor_reports_the_aarch64_python_and_pi4_cpu(bookworm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a host PYTHONPATH (here: the host's x86 numpy) must not leak into the emulated Python
+    import numpy
+
+    leaked = [str(Path(numpy.__file__).parents[1]), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(leaked))
+    result = run_edgeft("doctor", "--target", "rpi4-emu", "--json")
+    assert result.exit_code == 0, result.stderr
+    facts = json.loads(result.stdout)["facts"]
+    assert facts["machine"] == "aarch64" and facts["python"].startswith("3.11.")
+    assert facts["python_executable"].startswith(str(EMULATED_DIR))
+    assert facts["numpy"] and facts["onnxruntime"] == "1.32.0"
+    assert facts["tflite_runtimes"][0] == {"name": "ai_edge_litert", "version": "2.3.0"}
+    assert "Raspberry Pi 4" in facts["cpu_model"] and "cortex-a72" in facts["cpu_model"]
+    assert facts["int8_isa"] == []  # the Pi 4 has no 8-bit dot product; the Pi 5 has asimddp
+    text = run_edgeft("doctor", "--target", "rpi4-emu")
+    assert text.exit_code == 0 and "Raspberry Pi 4" in text.stdout and "aarch64" in text.stdout
+
+
+SOFTMAX = 25  # builtin operator code
+
+
+def _needs_newer_runtime(source: Path, target: Path) -> None:
+    """Copy a model making its SOFTMAX version 4 (ai-edge-litert 2.3.0 has it, 2.1.0 does not) and recording
+    ``min_runtime_version`` 2.21.0, as a converter does for a model that uses a newer op version."""
+    from edgeft.bench.profiles import runner_module
+
+    r = runner_module()
+    buf = bytearray(source.read_bytes())
+    model = r._fb_table(buf, r._fb_deref(buf, 0))
+    start, count = r._fb_vector(buf, r._fb_field(buf, model, 1))
+    patched = 0
+    for i in range(count):
+        code = r._fb_table(buf, r._fb_deref(buf, start + 4 * i))
+        code_at, version_at = r._fb_field(buf, code, 3), r._fb_field(buf, code, 2)
+        if code_at and version_at and struct.unpack_from("<i", buf, code_at)[0] == SOFTMAX:
+            struct.pack_into("<i", buf, version_at, 4)
+            patched += 1
+    buffers, _ = r._fb_vector(buf, r._fb_field(buf, model, 4))
+    entries, count = r._fb_vector(buf, r._fb_field(buf, model, 6))
+    for i in range(count):
+        entry = r._fb_table(buf, r._fb_deref(buf, entries + 4 * i))
+        if r._fb_string(buf, r._fb_field(buf, entry, 0)) == "min_runtime_version":
+            index = struct.unpack_from("<I", buf, r._fb_field(buf, entry, 1))[0]
+            data = r._fb_table(buf, r._fb_deref(buf, buffers + 4 * index))
+            at, length = r._fb_vector(buf, r._fb_field(buf, data, 0))
+            buf[at:at + length] = b"2.21.0".ljust(length, b"\0")
+            patched += 1
+    assert patched == 2, "expected one SOFTMAX op with a version and a min_runtime_version entry"
+    target.write_bytes(bytes(buf))
+
+
+@pytest.mark.slow
+def test_doctor_and_bench_catch_a_runtime_too_old_on_bullseye(bookworm: Path, bullseye: Path,
+                                                              exported: tuple[Path, Path, dict],
+                                                              tmp_path: Path) -> None:
+    _, out, _ = exported
+    model = tmp_path / "model_int8.tflite"
+    _needs_newer_runtime(out / "model_int8.tflite", model)
+    result = run_edgeft("doctor", "--target", "rpi4-emu-bullseye", str(model), "--json")
+    report = json.loads(result.stdout)
+    facts = report["facts"]
+    assert facts["python"].startswith("3.9.") and facts["onnxruntime"] == "1.19.2" and facts["numpy"] < "2"
+    assert facts["tflite_runtimes"][0] == {"name": "ai_edge_litert", "version": "2.1.0"}
+    assert any("ai_edge_litert 2.1.0 is older than model_int8.tflite needs (TFLite >= 2.21.0)" in p["problem"]
+               for p in report["problems"]), report["problems"]
+    assert json.loads(run_edgeft("doctor", "--target", "rpi4-emu", str(model), "--json").stdout)["ok"] is True
+    # and the runtimes really differ: Bookworm's 2.3.0 runs it, Bullseye's 2.1.0 refuses it in one line
+    result = run_edgeft("bench", str(model), "--target", "rpi4-emu", "--target", "rpi4-emu-bullseye", "--runs", "1",
+                        "--warmup", "0", "--json", "--out", str(tmp_path / "bench"))
+    assert result.exit_code == 7
+    rows = {row["target"]: row for row in json.loads((tmp_path / "bench" / "bench.json").read_text())["rows"]}
+    assert rows["rpi4-emu"]["error"] is None and rows["rpi4-emu"]["p50_ms"] > 0
+    assert re.search(r"^ai-edge-litert 2\.1\.0 cannot run \S*model_int8\.tflite: it lacks op SOFTMAX version 4 ",
+                     rows["rpi4-emu-bullseye"]["error"]), rows["rpi4-emu-bullseye"]["error"]
+
+
+# ----------------------------------------------------------------------------- pitfalls, errors
+def test_command_problems_catch_each_pitfall(tmp_path: Path) -> None:
+    view = tmp_path / "view"
+    (view / "proc").mkdir(parents=True)
+    python = str(view / "usr" / "bin" / "python3.11")
+    qemu = "/x/qemu-aarch64-static"
+    (view / "proc" / "cpuinfo").write_text("processor\t: 0\nCPU part\t: 0xd08\n")
+    assert command_problems([qemu, "-cpu", "cortex-a72", "-L", str(view), python, "-E", "-s"]) == []
+    assert "not named" in command_problems([qemu, "-L", str(view), python, "-E", "-s"])[0]
+    assert "SME" in command_problems([qemu, "-cpu", "max", "-L", str(view), python, "-E", "-s"])[0]
+    assert "SIGILL" in command_problems([qemu, "-cpu", "cortex-a76", "-L", str(view), python, "-E", "-s"])[0]
+    assert "PYTHONPATH" in command_problems([qemu, "-cpu", "cortex-a72", "-L", str(view), python])[0]
+    outside = command_problems([qemu, "-cpu", "cortex-a72", "-L", str(view), "/usr/bin/python3.11", "-E", "-s"])
+    assert "does not redirect the main program" in outside[0]
+    (view / "proc" / "cpuinfo").unlink()
+    assert "cpuinfo is missing" in command_problems([qemu, "-cpu", "cortex-a72", "-L", str(view), python, "-E", "-s"])[0]
+    argv = python_argv("cortex-a76", Userland.BOOKWORM, tmp_path)
+    assert argv[1:3] == ["-cpu", "cortex-a76"] and argv[-2:] == ["-E", "-s"]
+    # only the emulated Python runs there: doctor --install's shell command is refused in one line
+    with pytest.raises(TargetError, match="runs only its own Python, not `sh`"):
+        EmulatedTransport("rpi4-emu", "cortex-a72", Userland.BOOKWORM, tmp_path).run(["sh", "-c", "true"], 5)
+
+
+def test_missing_userland_is_one_line_exit_7(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEFT_EMULATED_DIR", str(tmp_path / "empty"))
+    result = run_edgeft("doctor", "--target", "rpi5-emu")
+    assert result.exit_code == 7
+    assert result.stderr.strip().splitlines() == [
+        f"error: target rpi5-emu: the emulated bookworm userland is not set up in {tmp_path / 'empty'}: run "
+        "`edgeft targets setup rpi5-emu` (needs apt-get, dpkg-deb, pip and the Debian and PyPI registries)"]
+
+
+def test_setup_refuses_a_real_device_and_says_what_is_missing(tmp_path: Path) -> None:
+    result = run_edgeft("targets", "setup", "rpi4")
+    assert result.exit_code == 2 and "only emulated profiles" in result.stderr
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    os.symlink(sys.executable, empty / "python")
+    result = run_edgeft("targets", "setup", "rpi4-emu", "--force",
+                        env={"PATH": str(empty), "EDGEFT_EMULATED_DIR": str(tmp_path / "cache")})
+    assert result.exit_code == 3
+    assert result.stderr.strip().splitlines() == [
+        "error: cannot set up the emulated target: `apt-get` is missing: emulated targets are set up on a Debian "
+        "or Ubuntu host with apt"]
+
+
+def test_setup_is_idempotent(bookworm: Path) -> None:
+    result = run_edgeft("targets", "setup", "rpi4-emu", "rpi5-emu", "--json")
+    assert result.exit_code == 0, result.stderr
+    (entry,) = json.loads(result.stdout)
+    assert entry["built"] is False and entry["cpus"] == ["cortex-a72", "cortex-a76"]
+    assert entry["packages"]["ai-edge-litert"] == "2.3.0" and entry["packages"]["onnxruntime"] == "1.32.0"
