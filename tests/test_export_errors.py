@@ -78,16 +78,16 @@ def test_max_drop_exceeded_exits_6_and_still_writes_the_report(tmp_path_factory:
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     import numpy as np
 
-    from edgeft.export import parity
+    from edgeft.export import validate
 
     run = mobilenet_run(tmp_path_factory)
-    real_check = parity.check_artifact
+    real_validate = validate.validate_artifact
 
-    def wrong_half_the_time(runner, inputs, labels, keras_probs, latency_runs=30):  # type: ignore[no-untyped-def]
-        result = real_check(runner, inputs, labels, keras_probs, 0)
-        return parity.ParityResult(result.accuracy - 0.5, 0.5, result.max_abs_diff, None, result.samples)
+    def wrong_half_the_time(path, backend, reference, threads=1, latency_runs=30):  # type: ignore[no-untyped-def]
+        result = real_validate(path, backend, reference, threads, 0)
+        return validate.Validation(result.accuracy - 0.5, 0.5, result.max_abs_diff, None, result.samples)
 
-    monkeypatch.setattr(parity, "check_artifact", wrong_half_the_time)
+    monkeypatch.setattr("edgeft.export.main.validate_artifact", wrong_half_the_time)
     out = tmp_path / "x"
     code, _, err = _cli(capsys, "export", str(run), "--formats", "tflite", "--in-process", "--out", str(out))
     assert code == 6

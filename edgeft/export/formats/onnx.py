@@ -28,11 +28,10 @@ import numpy as np
 
 from edgeft.errors import CalibrationError, ExportError
 from edgeft.export.config import Format, OnnxWeights, Precision
-from edgeft.export.formats import ConversionJob, register
+from edgeft.export.formats import ConversionJob, Exporter, register
 
 FILENAMES = {Precision.FLOAT32: "model_float32.onnx", Precision.INT8: "model_int8.onnx"}
 INPUT_NAME = "image"
-
 
 
 def _first_line(error: Exception) -> str:
@@ -144,14 +143,21 @@ def _input_quantization(proto: Any) -> dict[str, Any] | None:
 
 
 @register
-class OnnxExporter:
+class OnnxExporter(Exporter):
     """Writes ``model_float32.onnx`` / ``model_int8.onnx`` with ``metadata_props["edgeft.metadata"]``."""
 
-    format = Format.ONNX
+    format = Format.ONNX.value
     precisions = (Precision.FLOAT32, Precision.INT8)
+    order = 20
 
     def filename(self, precision: Precision) -> str:
         return FILENAMES[precision]
+
+    def backend(self, precision: Precision) -> str | None:
+        return "onnx"
+
+    def details(self, result: dict[str, Any]) -> dict[str, Any] | None:
+        return {"opset": result.get("opset"), "checker": result.get("checker")}
 
     def skip_reason(self, precision: Precision, run_kind: str) -> str | None:
         if run_kind == "qat" and precision != Precision.INT8:
