@@ -98,7 +98,9 @@ def prepare(out: Path, which: str, runs: int) -> int:
 
 def _sidecar(artifact: Path) -> dict:
     """The artifact's sidecar metadata, which the bench spec carries inline (preprocessing, labels)."""
-    return json.loads(artifact.with_name(artifact.name + ".json").read_text("utf-8"))
+    from edgeft.targets import read_sidecar
+
+    return read_sidecar(str(artifact)) or {}
 
 
 def onnx_int8_weights_variant(export: Path, run: Path, target: Path) -> None:

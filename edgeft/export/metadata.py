@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edgeft.targets.flatbuffer import EDGEFT_METADATA_KEY as METADATA_KEY
+from edgeft.targets import EDGEFT_METADATA_KEY as METADATA_KEY
 SCHEMA = "edgeft.metadata/1"
 
 

@@ -26,9 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from edgeft.errors import CalibrationError, ExportError
+from edgeft.errors import ExportError
 from edgeft.export.config import Format, OnnxWeights, Precision
 from edgeft.export.formats import ConversionJob, Exporter, register
+from edgeft.export.formats.tflite import load_calibration_pixels
 
 FILENAMES = {Precision.FLOAT32: "model_float32.onnx", Precision.INT8: "model_int8.onnx"}
 INPUT_NAME = "image"
@@ -186,11 +187,7 @@ class OnnxExporter(Exporter):
         else:
             proto = keras_to_onnx(model, image_size, job.opset)
         if precision == Precision.INT8 and job.source != "qat":
-            if not job.calibration:
-                raise CalibrationError("int8 export needs calibration data: the run has no training split; "
-                                       "pass --calib-dir DIR or --calib-list FILE")
-            with np.load(job.calibration, allow_pickle=False) as data:
-                pixels = data["pixels"]
+            pixels = load_calibration_pixels(job.calibration)
             float_path = Path(job.work_dir) / "onnx_float_for_int8.onnx"
             onnx.save(proto, str(float_path))
             quantized = Path(job.work_dir) / "onnx_int8_raw.onnx"

@@ -71,7 +71,7 @@ def convert_keras_to_tflite(model: Any, image_size: int, precision: Precision, p
 
 def io_details(model_bytes: bytes) -> dict[str, Any]:
     """Input/output name, shape, dtype and quantization of a TFLite model (via the device layer's interpreter)."""
-    from edgeft.targets.backends.tflite import import_tflite
+    from edgeft.targets import import_tflite
 
     interpreter = import_tflite()[0](model_content=model_bytes)
 
