@@ -10,14 +10,12 @@ import subprocess
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
-from .backends.tflite import EDGETPU_LIBRARY, edgetpu_library_status, tflite_runtimes, version_of
+from .backends.tflite import edgetpu_library_status, tflite_runtimes, version_of
 from .contract import DEVICE_VERSION
 
 # int8 runs faster than float only where the CPU has 8-bit dot-product instructions.
 _SIMD_FLAGS = ("sse4_1", "avx2", "fma", "avx512f", "asimd", "neon")
 _INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "avx_vnni_int8", "amx_int8", "asimddp", "i8mm")
-
-__all__ = ["EDGETPU_LIBRARY", "cpu_features", "doctor", "temperatures", "throttle_state", "throttled_during"]
 
 
 def _read(path: str) -> Optional[str]:
