@@ -1,8 +1,9 @@
 """Device backends, one module per runtime, found by the artifact's file suffix.
 
 A backend loads one model file and exposes its input/output tensors; :class:`..model.Model`
-does the rest (preprocessing, quantization, prediction). An unknown suffix is an error: a
-file is never sent to a runtime that was not declared for it.
+does the rest (preprocessing, quantization, prediction). A backend module declares
+``BACKEND = (name, suffixes, factory)`` and is found by being in this package. An unknown
+suffix is an error: a file is never sent to a runtime that was not declared for it.
 """
 
 from __future__ import annotations
@@ -50,12 +51,21 @@ def register_backend(name: str, suffixes: Tuple[str, ...], factory: BackendFacto
         _SUFFIXES[suffix] = name
 
 
-def _builtins() -> None:
-    if "tflite" not in _BACKENDS:
-        from . import onnx, tflite
+_loaded = []
 
-        register_backend("tflite", (".tflite",), tflite.TFLiteBackend)
-        register_backend("onnx", (".onnx",), onnx.OnnxBackend)
+
+def _builtins() -> None:
+    """Register every module of this package that declares ``BACKEND = (name, suffixes, factory)``."""
+    if _loaded:
+        return
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(__path__):
+        declared = getattr(importlib.import_module("%s.%s" % (__name__, module.name)), "BACKEND", None)
+        if declared:
+            register_backend(*declared)
+    _loaded.append(True)
 
 
 def backend_names() -> List[str]:

@@ -50,3 +50,6 @@ class OnnxBackend(Backend):
 
     def output(self) -> Any:
         return self._out[0]
+
+
+BACKEND = ("onnx", (".onnx",), OnnxBackend)

@@ -187,3 +187,6 @@ class TFLiteBackend(Backend):
 
     def output(self) -> Any:
         return self.interpreter.get_tensor(self._output_index)
+
+
+BACKEND = ("tflite", (".tflite",), TFLiteBackend)

@@ -4,8 +4,9 @@ An exporter declares its format name, the precisions it writes and each file's n
 precision is skipped, which device backend runs its artifacts (``None``: not runnable on the
 host, e.g. an Edge TPU model), and converts one artifact at a time (in a child process, see
 :mod:`edgeft.export.worker`). :mod:`edgeft.export.main` only iterates over what the registry
-plans. Adding a format is one module that subclasses :class:`Exporter` and calls :func:`register`
-(plus one backend module in the device layer, ``targets/backends/``, if it needs a new runtime).
+plans. Adding a format is one module in this package that subclasses :class:`Exporter` and calls
+:func:`register` (plus one backend module in the device layer, ``targets/backends/``, if it needs
+a new runtime); nothing else names it.
 """
 
 from __future__ import annotations
@@ -99,7 +100,12 @@ def register(cls: E) -> E:
 
 
 def _load_all() -> None:
-    from edgeft.export.formats import edgetpu, onnx, tflite  # noqa: F401  (registration side effects)
+    """Import every module of this package: each registers its exporter (a new format needs no edit here)."""
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
 
 
 def format_names() -> list[str]:
