@@ -7,59 +7,13 @@ exporters registered in :mod:`edgeft.export.formats`; formats are named by their
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
 from edgeft.errors import UsageError
+from edgeft.export.formats import format_names, get_exporter
+from edgeft.export.spec import ArtifactSpec, Format, IODtype, OnnxWeights, Precision, Source
 
-
-class Format(str, Enum):
-    """The deployment formats edgeft ships exporters for (a registered exporter may add others)."""
-
-    TFLITE = "tflite"
-    ONNX = "onnx"
-    EDGETPU = "edgetpu"
-
-
-class Precision(str, Enum):
-    """Numeric precision of an artifact's weights and arithmetic."""
-
-    FLOAT32 = "float32"
-    FLOAT16 = "float16"
-    DYNAMIC_RANGE = "dynamic_range"
-    INT8 = "int8"
-
-
-class IODtype(str, Enum):
-    """Input/output tensor type of full-integer TFLite models."""
-
-    UINT8 = "uint8"
-    INT8 = "int8"
-    FLOAT32 = "float32"
-
-
-class OnnxWeights(str, Enum):
-    """Weight type of ONNX int8 models (activations are always uint8, as onnxruntime prefers on CPU).
-
-    Measured (top-1 agreement with the float model, hymenoptera MobileNetV2 0.35 at 224 px /
-    digits at 32 px). On an AVX2 host without VNNI: uint8 0.974 / 0.994, int8 0.961 / 0.911
-    (U8S8 products saturate in VPMADDUBSW), int8_7bit 0.869 / 0.992. The same hymenoptera
-    models on a Xeon with AVX512-VNNI: uint8 0.974, int8 0.974, int8_7bit 0.869. So uint8 is
-    accurate on every CPU, int8 is as accurate and faster where the CPU has VNNI or an Arm dot
-    product, and 7-bit weights cost accuracy everywhere.
-    """
-
-    UINT8 = "uint8"
-    INT8 = "int8"
-    INT8_7BIT = "int8_7bit"
-
-
-class Source(str, Enum):
-    """Where an artifact's numbers come from: the float model, post-training quantization, or QAT."""
-
-    FLOAT = "float"
-    PTQ = "ptq"
-    QAT = "qat"
+__all__ = ["ArtifactSpec", "ExportConfig", "Format", "IODtype", "OnnxWeights", "Precision", "Source", "parse_formats"]
 
 
 DEFAULT_FORMATS = (Format.TFLITE.value, Format.ONNX.value)
@@ -70,8 +24,6 @@ ONNX_CALIB_METHODS = ("minmax", "entropy", "percentile")
 
 def parse_formats(names: list[str]) -> tuple[str, ...]:
     """Parse ``--formats`` names against the exporter registry, raising :class:`UsageError` for an unknown one."""
-    from edgeft.export.formats import format_names, get_exporter
-
     formats: list[str] = []
     for name in names:
         fmt = get_exporter(name.strip().lower()).format
@@ -122,8 +74,6 @@ class ExportConfig:
     def from_flags(cls, run_dir: Path, out_dir: Path, formats: list[str] | None = None, int8: bool = False,
                    fp16: bool = False, dynamic: bool = False, all_: bool = False, **options: object) -> "ExportConfig":
         """Build a config from CLI-style flags (``--all`` = every registered format and every precision)."""
-        from edgeft.export.formats import format_names, get_exporter
-
         if all_:
             chosen: tuple[str, ...] = tuple(format_names())
             precisions = tuple(Precision)
@@ -150,18 +100,3 @@ class ExportConfig:
         if self.max_drop is not None:
             return self.max_drop
         return DEFAULT_MAX_DROP_INT8 if precision == Precision.INT8 else DEFAULT_MAX_DROP_OTHER
-
-
-@dataclass(frozen=True)
-class ArtifactSpec:
-    """One file an exporter will write, and the device backend that validates it (None: not on the host)."""
-
-    format: str
-    precision: Precision
-    source: Source
-    filename: str
-    backend: str | None = None
-
-    @property
-    def key(self) -> str:
-        return f"{self.format}:{self.precision.value}"

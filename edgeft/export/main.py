@@ -15,7 +15,8 @@ from edgeft import targets as device
 from edgeft.calibration import CalibrationSet, calibration_for_run
 from edgeft.data.dataset import load_samples
 from edgeft.errors import OutputMatchError, RunDirError
-from edgeft.export.config import ArtifactSpec, ExportConfig, Precision, Source
+from edgeft.export.config import ExportConfig
+from edgeft.export.spec import ArtifactSpec, Precision, Source
 from edgeft.export.formats import EXPORTERS, ConversionJob, get_exporter, plan_artifacts
 from edgeft.export.metadata import base_metadata
 from edgeft.export.report import SCHEMA, write_report
@@ -121,11 +122,11 @@ def keras_reference(export: Export) -> Reference:
 
 def run_task(task: dict[str, Any], export: Export, name: str) -> dict[str, Any]:
     """Run a worker task in a child process (default) or in this one (``--in-process``)."""
-    from edgeft.export import worker
+    from edgeft.export.worker import run_in_child, run_task as run_here
 
     if export.config.isolate:
-        return worker.run_in_child(task, export.work, name)
-    return worker.run_task(task)
+        return run_in_child(task, export.work, name)
+    return run_here(task)
 
 
 def conversion_job(export: Export, spec: ArtifactSpec, staged: Staged, output: Path) -> ConversionJob:

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from edgeft.errors import ExportError, UsageError
-from edgeft.export.config import ArtifactSpec, ExportConfig, Precision, Source
+from edgeft.export.spec import ArtifactSpec, Precision, Source
+
+if TYPE_CHECKING:
+    from edgeft.export.config import ExportConfig
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeft.errors import ExportError
-from edgeft.export.config import Format, IODtype, Precision
+from edgeft.export.spec import Format, IODtype, Precision
 from edgeft.export.formats import ConversionJob, Exporter, register
 from edgeft.export.formats.tflite import FILENAMES as TFLITE_FILENAMES
 

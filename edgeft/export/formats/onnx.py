@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from edgeft.errors import ExportError
-from edgeft.export.config import Format, OnnxWeights, Precision
+from edgeft.export.spec import Format, OnnxWeights, Precision
 from edgeft.export.formats import ConversionJob, Exporter, register
 from edgeft.export.formats.tflite import load_calibration_pixels
 
@@ -98,7 +98,7 @@ def qat_to_onnx_via_tflite(model: Any, image_size: int, opset: int, work_dir: Pa
     """QAT Keras model -> full-integer TFLite (float I/O, trained ranges) -> ONNX QDQ, input renamed ``image``."""
     import tf2onnx
 
-    from edgeft.export.config import IODtype
+    from edgeft.export.spec import IODtype
     from edgeft.export.formats.tflite import convert_keras_to_tflite
 
     tflite_path = Path(work_dir) / "qat_int8_float_io.tflite"

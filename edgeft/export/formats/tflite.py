@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgeft.errors import CalibrationError, ExportError
-from edgeft.export.config import Format, IODtype, Precision
+from edgeft.export.spec import Format, IODtype, Precision
 from edgeft.export.formats import ConversionJob, Exporter, register
 
 FILENAMES = {
