@@ -22,6 +22,9 @@ from edgeft.export.formats import EXPORTERS, ConversionJob, Exporter
 from edgeft.export.formats.tflite import TFLiteExporter
 
 ROOT = Path(__file__).resolve().parents[1]
+# The mean in pixel units where the model-space offset belongs (input = pixel / 127.5 - 127.5, not - 1):
+# the inputs land far outside the training range and the predictions collapse to (nearly) one class.
+WRONG_OFFSET = [-127.5, -127.5, -127.5]
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -58,7 +61,7 @@ class DummyExporter(Exporter):
 
 
 class WrongOffsetExporter(TFLiteExporter):
-    """TFLite float32, but the sidecar it describes says ``offset = +1`` where the model was trained with -1."""
+    """TFLite float32 whose sidecar carries a wrong ``offset`` (the model was trained with -1 on each channel)."""
 
     format = "tflite_wrong_offset"
     precisions = (Precision.FLOAT32,)
@@ -69,7 +72,7 @@ class WrongOffsetExporter(TFLiteExporter):
 
     def convert(self, job: ConversionJob, model: Any) -> dict[str, Any]:
         result = super().convert(job, model)
-        preprocessing = dict(result["metadata"]["preprocessing"], offset=[1.0, 1.0, 1.0])
+        preprocessing = dict(result["metadata"]["preprocessing"], offset=WRONG_OFFSET)
         return dict(result, metadata=dict(result["metadata"], preprocessing=preprocessing))
 
 
@@ -132,9 +135,9 @@ def test_a_wrong_offset_in_the_sidecar_fails_the_export_with_exit_6(
     assert len(errors) == 1 and "model_float32_wrong_offset.tflite lost" in errors[0] and "--max-drop" in errors[0]
     report = json.loads((out / "export_report.json").read_text())
     wrong = report["artifacts"][0]  # the same model with the right sidecar agrees 100 % (the test above)
-    assert wrong["passed"] is False and wrong["agreement"] <= 0.75 and wrong["accuracy_drop_pts"] > 10
+    assert wrong["passed"] is False and wrong["agreement"] <= 0.6 and wrong["accuracy_drop_pts"] > 30
     # the same model bytes, only the sidecar differs: the validation fed what the sidecar says
-    assert json.loads((out / "model_float32_wrong_offset.tflite.json").read_text())["preprocessing"]["offset"] == [1.0] * 3
+    assert json.loads((out / "model_float32_wrong_offset.tflite.json").read_text())["preprocessing"]["offset"] == WRONG_OFFSET
 
 
 def test_an_artifact_whose_backend_nobody_provides_is_an_error(
