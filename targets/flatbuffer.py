@@ -9,12 +9,12 @@ from typing import Any, Dict, Optional, Tuple, Union
 EDGEFT_METADATA_KEY = "edgeft.metadata"
 
 
-def _table(buf: bytes, pos: int) -> Tuple[int, int, int]:
+def _fb_table(buf: bytes, pos: int) -> Tuple[int, int, int]:
     vtable = pos - struct.unpack_from("<i", buf, pos)[0]
     return pos, vtable, struct.unpack_from("<H", buf, vtable)[0]
 
 
-def _field(buf: bytes, table: Tuple[int, int, int], index: int) -> Optional[int]:
+def _fb_field(buf: bytes, table: Tuple[int, int, int], index: int) -> Optional[int]:
     pos, vtable, vt_len = table
     entry = 4 + 2 * index
     if entry >= vt_len:
@@ -23,27 +23,27 @@ def _field(buf: bytes, table: Tuple[int, int, int], index: int) -> Optional[int]
     return pos + offset if offset else None
 
 
-def _deref(buf: bytes, at: int) -> int:
+def _fb_deref(buf: bytes, at: int) -> int:
     return at + struct.unpack_from("<I", buf, at)[0]
 
 
-def _vector(buf: bytes, at: int) -> Tuple[int, int]:
-    start = _deref(buf, at)
+def _fb_vector(buf: bytes, at: int) -> Tuple[int, int]:
+    start = _fb_deref(buf, at)
     return start + 4, struct.unpack_from("<I", buf, start)[0]
 
 
-def _string(buf: bytes, at: int) -> str:
-    start, length = _vector(buf, at)
+def _fb_string(buf: bytes, at: int) -> str:
+    start, length = _fb_vector(buf, at)
     return buf[start:start + length].decode("utf-8", "replace")
 
 
 def _buffer_bytes(buf: bytes, buffers_start: int, index: int) -> bytes:
-    buffer = _table(buf, _deref(buf, buffers_start + 4 * index))
-    data_at = _field(buf, buffer, 0)
+    buffer = _fb_table(buf, _fb_deref(buf, buffers_start + 4 * index))
+    data_at = _fb_field(buf, buffer, 0)
     if data_at is not None:
-        start, length = _vector(buf, data_at)
+        start, length = _fb_vector(buf, data_at)
         return buf[start:start + length]
-    off_at, size_at = _field(buf, buffer, 1), _field(buf, buffer, 2)
+    off_at, size_at = _fb_field(buf, buffer, 1), _fb_field(buf, buffer, 2)
     if off_at is None or size_at is None:  # large models keep buffers after the flatbuffer
         return b""
     offset = struct.unpack_from("<Q", buf, off_at)[0]
@@ -63,21 +63,21 @@ def tflite_metadata(source: Union[str, bytes]) -> Dict[str, bytes]:
     if len(buf) < 8 or buf[4:8] != b"TFL3":
         return {}
     try:
-        model = _table(buf, _deref(buf, 0))
-        buffers_at, metadata_at = _field(buf, model, 4), _field(buf, model, 6)
+        model = _fb_table(buf, _fb_deref(buf, 0))
+        buffers_at, metadata_at = _fb_field(buf, model, 4), _fb_field(buf, model, 6)
         if buffers_at is None or metadata_at is None:
             return {}
-        buffers_start, n_buffers = _vector(buf, buffers_at)
-        meta_start, n_meta = _vector(buf, metadata_at)
+        buffers_start, n_buffers = _fb_vector(buf, buffers_at)
+        meta_start, n_meta = _fb_vector(buf, metadata_at)
         result = {}
         for i in range(n_meta):
-            entry = _table(buf, _deref(buf, meta_start + 4 * i))
-            name_at, index_at = _field(buf, entry, 0), _field(buf, entry, 1)
+            entry = _fb_table(buf, _fb_deref(buf, meta_start + 4 * i))
+            name_at, index_at = _fb_field(buf, entry, 0), _fb_field(buf, entry, 1)
             if name_at is None or index_at is None:
                 continue
             index = struct.unpack_from("<I", buf, index_at)[0]
             if index < n_buffers:
-                result[_string(buf, name_at)] = _buffer_bytes(buf, buffers_start, index)
+                result[_fb_string(buf, name_at)] = _buffer_bytes(buf, buffers_start, index)
         return result
     except (struct.error, IndexError, UnicodeDecodeError):
         return {}
