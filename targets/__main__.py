@@ -20,7 +20,7 @@ import os
 import sys
 from typing import List, Optional
 
-from .contract import DeviceError
+from .contract import DeviceError, pip_line
 
 USAGE = "usage: edgeft-device.pyz doctor | bench --spec SPEC.json [--cleanup DIR] [--watch-stdin] | classify MODEL IMAGES.npy"
 
@@ -101,6 +101,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise DeviceError("unknown mode '%s'; %s" % (mode, USAGE))
     except DeviceError as error:
         print(json.dumps({"error": str(error)}))
+        return 3
+    except ImportError as error:  # numpy missing: the interpreters' own absence is a DeviceError already
+        print(json.dumps({"error": "%s on this device (Python %s): %s" % (error, sys.version.split()[0],
+                                                                        pip_line(sys.version.split()[0]))}))
         return 3
 
 

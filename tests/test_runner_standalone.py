@@ -93,12 +93,17 @@ def test_the_one_file_app_classifies_the_cat_with_only_numpy_and_litert(
     assert json.loads(out.stdout)["top5"][0][0] in CAT_CLASSES
 
 
-def test_the_one_file_app_doctor_runs_without_numpy(app: Path, tmp_path: Path) -> None:
+def test_the_one_file_app_doctor_runs_without_numpy_and_classify_says_what_is_missing(app: Path, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     out = subprocess.run([sys.executable, "-S", str(app), "doctor"], capture_output=True, text=True, env=env,
                          cwd=tmp_path, timeout=60)
     facts = json.loads(out.stdout)
     assert out.returncode == 0 and facts["cores"] >= 1 and facts["python"].startswith("3.")
+    np.save(tmp_path / "x.npy", np.zeros((1, 4, 4, 3), np.uint8))
+    out = subprocess.run([sys.executable, "-S", str(app), "classify", str(tmp_path / "m.tflite"), str(tmp_path / "x.npy")],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    error = json.loads(out.stdout)["error"]  # one line, not a traceback
+    assert out.returncode == 3 and "No module named 'numpy'" in error and "pip install" in error and not out.stderr
 
 
 @needs_model
