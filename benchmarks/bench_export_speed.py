@@ -73,8 +73,8 @@ def main() -> int:
                     row[fmt] = {
                         "float32_bytes": f32["size_bytes"], "int8_bytes": i8["size_bytes"],
                         "size_ratio": round(i8["size_bytes"] / f32["size_bytes"], 3),
-                        "float32_ms": f32["latency_ms"], "int8_ms": i8["latency_ms"],
-                        "latency_ratio": round(i8["latency_ms"] / f32["latency_ms"], 3),
+                        "float32_ms": f32["p50_ms"], "int8_ms": i8["p50_ms"],
+                        "latency_ratio": round(i8["p50_ms"] / f32["p50_ms"], 3),
                         "int8_agreement": i8["agreement"],
                     }
                 rows.append(row)

@@ -1,4 +1,4 @@
-"""int8 vs float32 latency through edgeft's on-device runner, on any host that has a Python.
+"""int8 vs float32 latency through edgeft's device layer, on any host that has a Python.
 
 Whether int8 beats float32 depends on the processor, not on the model file: XNNPACK's and
 onnxruntime's int8 kernels are fast where the CPU has 8-bit dot-product instructions (x86
@@ -7,13 +7,14 @@ has only AVX2 or plain NEON. So this benchmark is split in two:
 
 ``prepare DIR`` (needs TensorFlow: the project's venv)
     builds small head-trained runs, exports them with ``edgeft.export.main_export`` and copies
-    the artifacts plus a runner spec into DIR (``--set device`` keeps DIR under ~45 MB: TFLite
+    the artifacts plus a bench spec into DIR (``--set device`` keeps DIR under ~45 MB: TFLite
     for every model, ONNX for MobileNetV2 0.35 only).
 
 ``measure DIR`` (standard library only; the device needs numpy and one interpreter)
-    runs ``targets/runner.py bench`` on DIR -- each (artifact, thread count) in its own
-    process, exactly as ``edgeft bench`` does on a target -- pairs every int8 artifact with its
-    float32 twin and prints p50 latencies and int8/float ratios. The runner's device facts
+    runs the device layer (``python -m targets bench``, from this checkout) on DIR -- each
+    (artifact, thread count) in its own process, exactly as ``edgeft bench`` does on a target --
+    pairs every int8 artifact with its float32 twin and prints p50 latencies and int8/float
+    ratios. The device facts
     (CPU model, its int8 dot-product instructions) go into the results file.
 
 Usage::
@@ -37,7 +38,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNNER = ROOT / "targets" / "runner.py"
+DEVICE = [sys.executable, "-m", "targets"]  # the device layer, standard library + numpy + an interpreter
 SEPARATOR = "__"
 
 # (backbone, alpha, image size, weights, ONNX too in the "device" set)
@@ -96,8 +97,10 @@ def prepare(out: Path, which: str, runs: int) -> int:
 
 
 def _sidecar(artifact: Path) -> dict:
-    """The artifact's sidecar metadata, which the runner takes inline (preprocessing, labels)."""
-    return json.loads(artifact.with_name(artifact.name + ".json").read_text("utf-8"))
+    """The artifact's sidecar metadata, which the bench spec carries inline (preprocessing, labels)."""
+    from edgeft.targets import read_sidecar
+
+    return read_sidecar(str(artifact)) or {}
 
 
 def onnx_int8_weights_variant(export: Path, run: Path, target: Path) -> None:
@@ -151,18 +154,18 @@ def measure(directory: Path, threads: list[int], runs: int | None, out: Path | N
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="edgeft-int8-measure-") as tmp:
         work = Path(tmp)
-        for model in spec["models"]:  # the runner resolves files next to its spec
+        for model in spec["models"]:  # the device layer resolves files next to its spec
             os.symlink((directory / model["file"]).resolve(), work / model["file"])
         (work / "spec.json").write_text(json.dumps(spec), "utf-8")
-        done = subprocess.run([sys.executable, str(RUNNER), "bench", "--spec", str(work / "spec.json")],
-                              capture_output=True, text=True)
+        done = subprocess.run(DEVICE + ["bench", "--spec", str(work / "spec.json")], capture_output=True, text=True,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
     try:
         document = json.loads(done.stdout)
     except ValueError:
-        print(f"the runner printed no JSON (exit {done.returncode}): {done.stderr.strip()[-300:]}", file=sys.stderr)
+        print(f"the device layer printed no JSON (exit {done.returncode}): {done.stderr.strip()[-300:]}", file=sys.stderr)
         return 1
     if "rows" not in document:
-        print(f"runner error: {document.get('error')}", file=sys.stderr)
+        print(f"device error: {document.get('error')}", file=sys.stderr)
         return 1
     pairs = pair_rows(document["rows"])
     device = document["device"]
@@ -177,7 +180,7 @@ def measure(directory: Path, threads: list[int], runs: int | None, out: Path | N
               + (f"  errors: {p['errors']}" if p["errors"] else ""))
     result = {
         "label": label or platform.node(), "device": device, "threads": threads, "runs": spec["runs"],
-        "latency": "p50 of single-image invocations in targets/runner.py, one process per artifact and thread count",
+        "latency": "p50 of single-image invocations in the device layer (targets/), one process per artifact and thread count",
         "pairs": pairs, "wall_s": round(time.monotonic() - started, 1),
     }
     if out:
@@ -197,7 +200,7 @@ def main() -> int:
     p.add_argument("--set", choices=("device", "full"), default="device",
                    help="device: ONNX for MobileNetV2 0.35 only (keeps DIR small); full: ONNX for every model")
     p.add_argument("--runs", type=int, default=100)
-    m = sub.add_parser("measure", help="time DIR's artifacts with targets/runner.py (standard library only)")
+    m = sub.add_parser("measure", help="time DIR's artifacts with the device layer (standard library only)")
     m.add_argument("dir", type=Path)
     m.add_argument("--threads", default="1")
     m.add_argument("--runs", type=int)

@@ -1,4 +1,4 @@
-"""Runner overhead: the runner's reported median latency vs a bare ``interpreter.invoke()`` loop.
+"""Device-layer overhead: its reported p50 latency vs a bare ``interpreter.invoke()`` loop.
 
 Same model (Google's int8 MobileNetV2 224 px from ../shared), same threads, same host, one run,
 interleaved (bare, runner, bare, runner...) so that load from other processes hits both alike.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -24,7 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 MODEL = SHARED / "models" / "tf2_mobilenet_v2_1.0_224_ptq.tflite"
-RUNNER = ROOT / "targets" / "runner.py"
+# The device layer run as a package, as on a device (standard library, numpy and an interpreter only).
+DEVICE = [sys.executable, "-m", "targets"]
+DEVICE_ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 
 BARE = r"""
 import json, sys, time
@@ -58,8 +61,8 @@ def runner(model: Path, threads: int, runs: int, warmup: int) -> dict:
         spec = Path(work) / "spec.json"
         spec.write_text(json.dumps({"models": [{"name": model.name, "file": str(model)}], "threads": [threads],
                                     "runs": runs, "warmup": warmup}))
-        out = subprocess.run([sys.executable, str(RUNNER), "bench", "--spec", str(spec)], capture_output=True,
-                             text=True, check=True)
+        out = subprocess.run(DEVICE + ["bench", "--spec", str(spec)], capture_output=True, text=True, check=True,
+                             env=DEVICE_ENV)
         row = json.loads(out.stdout)["rows"][0]
         if row.get("error"):
             raise SystemExit(row["error"])

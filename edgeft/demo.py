@@ -105,7 +105,7 @@ def _export_stage(run_dir: Path, export_dir: Path) -> dict[str, Any]:
     """TFLite and ONNX, float32 and post-training int8, each checked against Keras."""
     from edgeft.export import ExportConfig, main_export
 
-    config = ExportConfig.from_flags(run_dir, export_dir, formats=["tflite", "onnx"], int8=True, force=True)
+    config = ExportConfig.from_flags(run_dir, export_dir, formats=["tflite", "onnx"], int8=True)
     parity_failure = None
     try:
         main_export(config)
@@ -120,7 +120,7 @@ def _export_stage(run_dir: Path, export_dir: Path) -> dict[str, Any]:
         "parity_failure": parity_failure,
         "keras_accuracy": report["keras_accuracy"],
         "artifacts": [
-            {key: row.get(key) for key in ("path", "precision", "accuracy", "agreement", "size_bytes", "latency_ms")}
+            {key: row.get(key) for key in ("path", "precision", "accuracy", "agreement", "size_bytes", "p50_ms")}
             for row in report["artifacts"]
         ],
     }
@@ -131,7 +131,7 @@ def _bench_stage(run_dir: Path, export_dir: Path, bench_dir: Path) -> dict[str, 
     from edgeft.bench import BenchConfig, main_bench
 
     config = BenchConfig(artifacts=(export_dir,), targets=("local",), out_dir=bench_dir, runs=50, warmup=5,
-                         threads=(1,), eval_source=run_dir, force=True)
+                         threads=(1,), eval_source=run_dir)
     result = main_bench(config)
     _print_table(bench_dir / "bench.md")
     return {"rows": [

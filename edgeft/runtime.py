@@ -6,26 +6,21 @@
     classifier.classify(image)   # uint8 (H, W, 3) RGB -> [("tabby", 0.61), ...]
 
 The sidecar ``<model file>.json`` next to the model, when present, gives the labels, input size,
-preprocessing (``input = pixel * scale + offset``) and input quantization. The interpreter code is
-the on-device runner's (``edgeft.targets.runner``), so the two behave the same.
+preprocessing (``input = pixel * scale + offset``) and input quantization. This is a thin wrapper
+over the device layer (:class:`edgeft.targets.Model`): the same code that export validates with
+and that bench times on the device.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgeft import targets as device
 from edgeft.errors import ModelFileError, UsageError
-
-
-def _runner() -> Any:
-    from edgeft.bench.profiles import runner_module
-
-    return runner_module()
 
 
 @dataclass
@@ -43,17 +38,10 @@ class Classifier:
         path = Path(path)
         if not path.is_file():
             raise ModelFileError(f"model file not found: {path}")
-        sidecar: dict[str, Any] = {}
-        sidecar_path = path.with_name(path.name + ".json")
-        if sidecar_path.is_file():
-            try:
-                sidecar = json.loads(sidecar_path.read_text("utf-8"))
-            except ValueError as error:
-                raise ModelFileError(f"corrupted sidecar {sidecar_path}: {error}") from None
-        runner = _runner()
         try:
-            model = runner.LoadedModel(str(path), sidecar, threads)
-        except runner.RunnerError as error:
+            sidecar = device.read_sidecar(str(path)) or {}
+            model = device.Model(str(path), sidecar, threads)
+        except device.DeviceError as error:
             raise ModelFileError(str(error)) from None
         names: list[str] = list(sidecar.get("labels") or [])
         if labels is not None:
@@ -65,7 +53,7 @@ class Classifier:
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
             raise UsageError(f"classify takes a uint8 (H, W, 3) RGB image, got {image.dtype} {image.shape}")
-        batch = _runner().resize_images(image[None], *self.input_size)
+        batch = device.resize_images(image[None], *self.input_size)
         return self.model.predict(batch)[0]
 
     def classify(self, image: np.ndarray, top_k: int = 5) -> list[tuple[str, float]]:

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgeft import targets as device
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 MODEL = SHARED / "models" / "tf2_mobilenet_v2_1.0_224_ptq.tflite"
 needs_model = pytest.mark.skipif(not MODEL.is_file(), reason="../shared/models is absent (a user's checkout)")
@@ -77,7 +79,7 @@ def test_each_artifact_gets_its_own_accuracy(tmp_path):
     good.write_bytes(MODEL.read_bytes())
     blind.write_bytes(MODEL.read_bytes())
     # The second model's sidecar maps every pixel to the same value: it cannot see the cat.
-    blind.with_name(blind.name + ".json").write_text(json.dumps(
+    Path(device.sidecar_path(str(blind))).write_text(json.dumps(
         {"preprocessing": {"scale": [0.0, 0.0, 0.0], "offset": [0.0, 0.0, 0.0], "channel_order": "RGB"},
          "input_quantization": {"scale": 1 / 127.5, "zero_point": 127}}))
     result = _edgeft("bench", str(good), str(blind), "--runs", "2", "--warmup", "0", "--threads", "1",

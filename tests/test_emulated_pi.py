@@ -27,27 +27,27 @@ from edgeft.errors import MissingDependencyError, TargetError
 
 # Read before conftest points EDGEFT_CACHE_DIR at a per-session folder: the userland is big, keep one.
 EMULATED_DIR = cache_root()
-RUNNER = Path(__file__).resolve().parents[1] / "targets" / "runner.py"
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the device package is its targets/ folder
 MODEL = SHARED / "models" / "tf2_mobilenet_v2_1.0_224_ptq.tflite"
 CAT = SHARED / "models" / "cat.bmp"
 LABELS = SHARED / "models" / "imagenet_labels.txt"
 FLOAT_ATOL = 1e-5  # float outputs, aarch64 vs x86 kernels (observed: ~3e-6 with onnxruntime)
 
-# Prints the raw output tensors (before dequantization) of the runner's own LoadedModel, and its API.
+# Prints the raw output tensors (before dequantization) of the device layer's own Model, and its API.
 PROBE = r'''
 import json, sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
-import runner
-model = runner.LoadedModel(sys.argv[2], threads=1)
+import targets as device
+model = device.Model(sys.argv[2], threads=1)
 images = np.load(sys.argv[3], allow_pickle=False)
 raw = []
 for image in images:
     model.set_input(model.prepare(image[None]))
     model.invoke()
-    out = model.interpreter.get_tensor(model.output_index) if model.kind == "tflite" else model._out[0]
+    out = model.backend.output()
     raw.append(np.asarray(out).reshape(-1).tolist())
-api = type(model.interpreter if model.kind == "tflite" else model.session)
+api = type(model.backend.interpreter if model.backend.name == "tflite" else model.backend.session)
 print(json.dumps({"raw": raw, "dtype": str(np.asarray(out).dtype), "api": api.__module__ + "." + api.__name__,
                   "runtime": model.runtime, "version": model.runtime_version}))
 '''
@@ -106,7 +106,7 @@ def _probe(tmp_path: Path, model: Path, images: np.ndarray, transport: EmulatedT
     script.write_text(PROBE)
     batch = tmp_path / "images.npy"
     np.save(batch, images)
-    args = [str(script), str(RUNNER.parent), str(model), str(batch)]
+    args = [str(script), str(REPO_ROOT), str(model), str(batch)]
     if transport is None:
         done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
@@ -247,9 +247,7 @@ SOFTMAX = 25  # builtin operator code
 def _needs_newer_runtime(source: Path, target: Path) -> None:
     """Copy a model making its SOFTMAX version 4 (ai-edge-litert 2.3.0 has it, 2.1.0 does not) and recording
     ``min_runtime_version`` 2.21.0, as a converter does for a model that uses a newer op version."""
-    from edgeft.bench.profiles import runner_module
-
-    r = runner_module()
+    from edgeft.targets import flatbuffer as r
     buf = bytearray(source.read_bytes())
     model = r._fb_table(buf, r._fb_deref(buf, 0))
     start, count = r._fb_vector(buf, r._fb_field(buf, model, 1))

@@ -73,31 +73,6 @@ def test_int8_without_calibration_data(tmp_path_factory: pytest.TempPathFactory,
     assert "calibration" in line and "--calib-dir" in line
 
 
-def test_max_drop_exceeded_exits_6_and_still_writes_the_report(tmp_path_factory: pytest.TempPathFactory,
-                                                                tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    import numpy as np
-
-    from edgeft.export import parity
-
-    run = mobilenet_run(tmp_path_factory)
-    real_check = parity.check_artifact
-
-    def wrong_half_the_time(runner, inputs, labels, keras_probs, latency_runs=30):  # type: ignore[no-untyped-def]
-        result = real_check(runner, inputs, labels, keras_probs, 0)
-        return parity.ParityResult(result.accuracy - 0.5, 0.5, result.max_abs_diff, None, result.samples)
-
-    monkeypatch.setattr(parity, "check_artifact", wrong_half_the_time)
-    out = tmp_path / "x"
-    code, _, err = _cli(capsys, "export", str(run), "--formats", "tflite", "--in-process", "--out", str(out))
-    assert code == 6
-    line = _one_error_line(err)
-    assert "model_float32.tflite lost" in line and "--max-drop" in line
-    report = json.loads((out / "export_report.json").read_text())
-    assert report["artifacts"][0]["passed"] is False
-    assert np.isclose(report["artifacts"][0]["accuracy_drop_pts"], 50.0, atol=0.01)
-
-
 def test_a_conversion_process_that_dies_is_one_line_with_its_last_message(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """A child killed mid-conversion (the kernel's OOM killer, say) becomes an ExportError, not a hang or traceback."""

@@ -51,7 +51,7 @@ def test_report_lists_every_artifact_with_measurements(exported: tuple[Path, dic
         assert (out / (artifact["path"] + ".json")).is_file()
         if artifact["format"] != "edgetpu":
             assert 0.0 <= artifact["accuracy"] <= 1.0 and 0.0 <= artifact["agreement"] <= 1.0
-            assert artifact["latency_ms"] > 0
+            assert artifact["p50_ms"] > 0 and artifact["backend"] == artifact["format"]
     assert report["calibration"]["size"] == 24 and report["calibration"]["source"] == "train-split"
     assert report["calibration_sweep"][0]["calib_size"] == 8
     assert not (out / ".work").exists()
@@ -91,7 +91,7 @@ def test_metadata_is_embedded(exported: tuple[Path, dict]) -> None:
     # uint8 weights by default: uint8 x int8 products saturate on x86 without VNNI (see OnnxWeights)
     assert onnx_meta["onnx"]["weight_type"] == "QUInt8" and onnx_meta["onnx"]["reduce_range"] is False
     sidecar = json.loads((out / "model_int8.onnx.json").read_text())
-    assert sidecar["parity"]["agreement"] == _artifact(report, "onnx", "int8")["agreement"]
+    assert sidecar["validation"]["agreement"] == _artifact(report, "onnx", "int8")["agreement"]
     assert METADATA_KEY == "edgeft.metadata"
 
 
@@ -108,7 +108,7 @@ def test_exported_tflite_runs_batch_one_static(exported: tuple[Path, dict]) -> N
 def test_edgetpu_report_for_int8_mobilenet(exported: tuple[Path, dict]) -> None:
     out, report = exported
     edgetpu = _artifact(report, "edgetpu", "int8")
-    assert edgetpu["accuracy"] is None and edgetpu["latency_ms"] is None
+    assert edgetpu["accuracy"] is None and edgetpu["p50_ms"] is None and edgetpu["backend"] is None
     details = json.loads((out / edgetpu["path"]).read_text())
     assert details["full_integer"] and details["static_shapes"] and details["subgraphs"] == 1
     assert details["verdict"] == VERDICT_FULL and details["predicted_ops_on_cpu"] == 0
@@ -220,7 +220,7 @@ def test_edgetpu_compiler_path_mocked_compiler(exported: tuple[Path, dict], tmp_
     rendered = markdown({"backbone": "mobilenet_v2", "image_size": 64, "run_kind": "float", "threads": 1,
                          "keras_accuracy": 1.0, "val_samples": 1, "artifacts": [
         {"format": "edgetpu", "precision": "int8", "source": "ptq", "path": COMPILED_FILE, "size_bytes": 1,
-         "accuracy": None, "agreement": None, "max_abs_diff": None, "latency_ms": None, "passed": None,
+         "accuracy": None, "agreement": None, "max_abs_diff": None, "p50_ms": None, "passed": None,
          "max_drop_pts": 2.0, "details": details}]})
     assert "67 of 68 ops on the Edge TPU, compiler 16.0.384591198" in rendered
 

@@ -79,14 +79,15 @@ def test_wheel_ships_runner_and_profiles_and_bench_finds_them(tmp_path):
     assert build.returncode == 0, build.stderr[-2000:]
     wheel = next((tmp_path / "dist").glob("edgeft-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for needed in ("edgeft/targets/runner.py", "edgeft/targets/rpi4.toml", "edgeft/targets/coral-usb.toml"):
+    for needed in ("edgeft/targets/__main__.py", "edgeft/targets/backends/tflite.py", "edgeft/targets/rpi4.toml",
+                   "edgeft/targets/coral-usb.toml"):
         assert needed in names
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, timeout=120, capture_output=True)
     env = dict(os.environ, PYTHONPATH=str(target))
     code = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in type(f).__module__]; "
-            "from edgeft.bench.profiles import runner_path, list_targets; print(runner_path()); "
+            "from edgeft.bench.profiles import targets_dir, list_targets; print(targets_dir()); "
             "print(len(list_targets()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60,
                          cwd=tmp_path)

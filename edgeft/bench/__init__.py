@@ -1,8 +1,8 @@
 """``edgeft bench``, ``edgeft targets`` and ``edgeft doctor``: measure models on the device itself.
 
-The on-device side is the standalone ``targets/runner.py`` (installed as ``edgeft.targets``);
-this package stages files, drives the transports (local subprocess or the system ``ssh``),
-and writes the reports.
+The on-device side is the device layer ``targets/`` (installed as ``edgeft.targets``), pushed
+as one zipapp (:mod:`edgeft.bench.device_app`); this package stages files, drives the
+transports (local subprocess or the system ``ssh``), and writes the reports.
 """
 
 from __future__ import annotations

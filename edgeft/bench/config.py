@@ -40,7 +40,6 @@ class BenchConfig:
     eval_limit: int | None = None
     timeout_s: float = 1800.0
     ssh: SshOptions = SshOptions()
-    force: bool = False
 
 
 @dataclass(frozen=True)

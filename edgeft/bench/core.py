@@ -1,4 +1,8 @@
-"""``edgeft bench``: push runner, models and an evaluation set to each target, run, pull the JSON back."""
+"""``edgeft bench``: push the device app, models and an evaluation set to each target, run, pull the JSON back.
+
+The bench only stages files and parses results: every measurement is the device layer's
+(:mod:`edgeft.targets`), run on the device from the one-file app (:mod:`edgeft.bench.device_app`).
+"""
 
 from __future__ import annotations
 
@@ -12,33 +16,46 @@ from typing import Any
 
 import numpy as np
 
-from edgeft.bench.config import BenchConfig, SshOptions
-from edgeft.bench.profiles import runner_path
+from edgeft import targets as device
+from edgeft.bench.config import BenchConfig
+from edgeft.bench.device_app import APP_NAME, device_app
 from edgeft.bench.results import parse_result
 from edgeft.bench.targets import ResolvedTarget, resolve_targets
 from edgeft.errors import DatasetError, ModelFileError, TargetError, UsageError
 from edgeft.progress import log
 
-MODEL_SUFFIXES = (".tflite", ".onnx")
-# The order the export step writes them in (other names follow, sorted).
-EXPORT_ORDER = ("model_float32.tflite", "model_float16.tflite", "model_dynamic_range.tflite", "model_int8.tflite",
-                "model_int8_edgetpu.tflite", "model_float32.onnx", "model_int8.onnx")
+EXPORT_REPORT = "export_report.json"
+
+
+def _export_order(directory: Path) -> dict[str, int]:
+    """File name -> position in the directory's export report (the order the export wrote them)."""
+    report = directory / EXPORT_REPORT
+    try:
+        artifacts = json.loads(report.read_text("utf-8")).get("artifacts", []) if report.is_file() else []
+        return {str(a["path"]): i for i, a in enumerate(artifacts)}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return {}
+
+
+def _is_model(path: Path) -> bool:
+    return path.is_file() and any(path.name.endswith(suffix) for suffix in device.known_suffixes())
 
 
 def expand_artifacts(paths: tuple[Path, ...] | list[Path]) -> list[Path]:
-    """Model files named directly, and the ``.tflite``/``.onnx`` files of each export directory."""
+    """Model files named directly, and the model files of each export directory (in the export's order)."""
     result: list[Path] = []
+    suffixes = ", ".join(device.known_suffixes())
     for path in paths:
         path = Path(path)
         if path.is_dir():
-            found = [p for p in path.iterdir() if p.is_file() and p.suffix in MODEL_SUFFIXES]
+            found = [p for p in path.iterdir() if _is_model(p)]
             if not found:
-                raise ModelFileError(f"no .tflite or .onnx model in {path} (make them with `edgeft export`)")
-            rank = {name: i for i, name in enumerate(EXPORT_ORDER)}
+                raise ModelFileError(f"no model file ({suffixes}) in {path} (make them with `edgeft export`)")
+            rank = _export_order(path)
             result.extend(sorted(found, key=lambda p: (rank.get(p.name, len(rank)), p.name)))
         elif path.is_file():
-            if path.suffix not in MODEL_SUFFIXES:
-                raise ModelFileError(f"not a model file: {path} (edgeft bench takes .tflite and .onnx files)")
+            if not _is_model(path):
+                raise ModelFileError(f"not a model file: {path} (edgeft bench takes {suffixes} files)")
             result.append(path)
         else:
             raise ModelFileError(f"model file or export directory not found: {path}")
@@ -49,17 +66,11 @@ def expand_artifacts(paths: tuple[Path, ...] | list[Path]) -> list[Path]:
 
 
 def read_sidecar(model: Path) -> dict[str, Any] | None:
-    """The ``<model file>.json`` next to a model (labels, input_size, preprocessing, input quantization)."""
-    sidecar = model.with_name(model.name + ".json")
-    if not sidecar.is_file():
-        return None
+    """The sidecar next to a model (labels, input_size, preprocessing, input quantization), or None."""
     try:
-        data = json.loads(sidecar.read_text("utf-8"))
-    except (OSError, ValueError) as error:
-        raise ModelFileError(f"corrupted sidecar {sidecar}: {error}") from None
-    if not isinstance(data, dict):
-        raise ModelFileError(f"corrupted sidecar {sidecar}: expected a JSON object")
-    return data
+        return device.read_sidecar(str(model))
+    except device.DeviceError as error:
+        raise ModelFileError(str(error)) from None
 
 
 def model_input_size(model: Path, sidecar: dict[str, Any] | None) -> int:
@@ -71,10 +82,8 @@ def model_input_size(model: Path, sidecar: dict[str, Any] | None) -> int:
         if size:
             return int(size)
     try:
-        from edgeft.bench.profiles import runner_module
-
-        return int(runner_module().LoadedModel(str(model)).input_size[0])
-    except Exception:
+        return int(device.Model(str(model)).input_size[0])
+    except device.DeviceError:
         return 224
 
 
@@ -84,18 +93,10 @@ def load_eval_set(source: Path, size: int, limit: int | None = None) -> tuple[np
     source = Path(source)
     if source.is_file() and source.suffix == ".npz":
         try:
-            with np.load(source, allow_pickle=False) as data:
-                images = np.asarray(data["images"])
-                labels = np.asarray(data["labels"]).astype(np.int64)
-                names = [str(n) for n in data["class_names"]] if "class_names" in data.files else []
-        except (OSError, ValueError, KeyError) as error:
-            raise DatasetError(f"cannot read evaluation set {source}: {error} (need arrays images, labels)") from None
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or len(images) != len(labels):
-            raise DatasetError(f"evaluation set {source}: images must be uint8 (N, H, W, 3) with N labels")
-        if images.shape[1] != size or images.shape[2] != size:
-            from edgeft.bench.profiles import runner_module
-
-            images = runner_module().resize_images(images, size, size)
+            images, labels, names = device.load_eval(str(source))
+        except device.DeviceError as error:
+            raise DatasetError(str(error)) from None
+        images = device.resize_images(images, size, size)
     elif (source / "edgeft.json").is_file():
         from edgeft.data import load_samples
         from edgeft.run.rundir import RunDir
@@ -133,14 +134,14 @@ def load_eval_set(source: Path, size: int, limit: int | None = None) -> tuple[np
 
 
 def write_eval_npz(path: Path, images: np.ndarray, labels: np.ndarray, names: list[str]) -> None:
-    """The file pushed to the device: plain arrays only (read with allow_pickle=False)."""
-    np.savez(path, images=images, labels=labels.astype(np.int64), class_names=np.array(names, dtype=np.str_))
+    """The evaluation file pushed to the device (the device layer's schema)."""
+    device.write_eval(str(path), images, labels, names)
 
 
 # ----------------------------------------------------------------------------- one target
 def _stage(config: BenchConfig, artifacts: list[Path], workdir: Path) -> tuple[dict[str, Path], dict[str, Any]]:
-    """Files to push and the runner's spec (relative file names)."""
-    files: dict[str, Path] = {"runner.py": runner_path()}
+    """Files to push and the bench spec (relative file names)."""
+    files: dict[str, Path] = {APP_NAME: device_app()}
     models = []
     eval_files: dict[int, str] = {}
     for index, artifact in enumerate(artifacts):
@@ -164,7 +165,7 @@ def _stage(config: BenchConfig, artifacts: list[Path], workdir: Path) -> tuple[d
 
 def run_target(target: ResolvedTarget, config: BenchConfig, files: dict[str, Path], spec: dict[str, Any],
                workdir: Path) -> dict[str, Any]:
-    """Run the runner on one target; always removes the remote directory. Returns the runner's document."""
+    """Run the device app on one target; always removes the remote directory. Returns its document."""
     profile = target.profile
     threads = list(config.threads or (profile.threads if profile else (1,)))
     spec = dict(spec, threads=threads, runtime=profile.tflite_runtime if profile else "auto")
@@ -177,7 +178,7 @@ def run_target(target: ResolvedTarget, config: BenchConfig, files: dict[str, Pat
     remote_dir, python = transport.prepare(config.ssh.remote_tmpdir, target.python)
     try:
         transport.push(dict(files, **{"spec.json": spec_path}), remote_dir)
-        argv = [python, f"{remote_dir}/runner.py", "bench", "--spec", f"{remote_dir}/spec.json",
+        argv = [python, f"{remote_dir}/{APP_NAME}", "bench", "--spec", f"{remote_dir}/spec.json",
                 "--cleanup", remote_dir, "--watch-stdin"]
         out = transport.run(argv, config.timeout_s, keep_stdin_open=True)
     finally:
@@ -237,8 +238,3 @@ def main_bench(config: BenchConfig) -> dict[str, Any]:
         more = f" (+{count - 1} more failure(s))" if count > 1 else ""
         raise TargetError(f"{first}{more}; measured results written to {config.out_dir / 'bench.json'}")
     return summary
-
-
-def default_ssh_options() -> SshOptions:
-    """SSH options with edgeft's defaults (strict host keys, 10 s connect timeout)."""
-    return SshOptions()

@@ -7,39 +7,32 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from edgeft import targets as device
 from edgeft.bench.config import DoctorConfig
-from edgeft.bench.profiles import Profile, runner_module, runner_path
+from edgeft.bench.device_app import APP_NAME, device_app
+from edgeft.bench.profiles import Profile
 from edgeft.bench.results import clean, shell_path
 from edgeft.bench.targets import ResolvedTarget, resolve_target
 from edgeft.errors import TargetError
 from edgeft.progress import log
 
-DEFAULT_PIP = {"3.9": "pip install 'numpy<2' ai-edge-litert==2.1.0 onnxruntime==1.19.2"}
-DEFAULT_PIP_NEW = "pip install numpy ai-edge-litert==2.3.0 onnxruntime==1.32.0"
 
-
-def device_facts(target: ResolvedTarget, timeout_s: float = 60.0) -> dict[str, Any]:
-    """Run ``runner.py doctor`` on the device (the runner is piped on stdin: nothing is left behind)."""
-    python = target.python
-    if python is None:
-        if target.transport.host_id == "localhost" and target.transport.__class__.__name__ == "LocalTransport":
-            import sys
-
-            python = sys.executable
-        else:
-            python = "python3"
-            probe = target.transport.run(
-                ["sh", "-c", 'if [ -x "$HOME/.edgeft/venv/bin/python" ]; then echo "$HOME/.edgeft/venv/bin/python"; '
-                             'else command -v python3 || echo python3; fi'], timeout_s)
-            python = probe.strip().splitlines()[-1] if probe.strip() else "python3"
-    out = target.transport.run([python, "-", "doctor"], timeout_s, stdin_data=runner_path().read_bytes())
+def device_facts(target: ResolvedTarget, timeout_s: float = 60.0, tmp_root: str = "/tmp") -> dict[str, Any]:
+    """Push the device app and run its ``doctor`` mode (its temporary directory is always removed)."""
+    transport = target.transport
+    remote_dir, python = transport.prepare(tmp_root, target.python)
+    try:
+        transport.push({APP_NAME: device_app()}, remote_dir)
+        out = transport.run([python, f"{remote_dir}/{APP_NAME}", "doctor"], timeout_s)
+    finally:
+        transport.remove(remote_dir)
     try:
         facts = clean(json.loads(out))  # the device's answer reaches the terminal: no control characters
         if not isinstance(facts, dict):
             raise ValueError("not an object")
     except ValueError:
-        raise TargetError(f"target {target.name}: {python} did not run the runner: {out.strip()[-200:] or 'no output'}"
-                          " (is Python >= 3.9 installed?)") from None
+        raise TargetError(f"target {target.name}: {python} did not run the device app: "
+                          f"{out.strip()[-200:] or 'no output'} (is Python >= 3.9 installed?)") from None
     facts["python_command"] = python
     return facts
 
@@ -47,7 +40,7 @@ def device_facts(target: ResolvedTarget, timeout_s: float = 60.0) -> dict[str, A
 def install_command(profile: Profile | None, python_version: str) -> str:
     """The shell command that makes the runner's venv in the user's home and installs what it needs."""
     short = ".".join(python_version.split(".")[:2])
-    pip = (profile.pip_line(python_version) if profile else None) or DEFAULT_PIP.get(short, DEFAULT_PIP_NEW)
+    pip = (profile.pip_line(python_version) if profile else None) or device.pip_line(short)
     venv = profile.venv if profile else "~/.edgeft/venv"
     args = shlex.split(pip)[1:]  # drop the leading "pip install"
     return (f'python3 -m venv {shell_path(venv)} && {shell_path(venv.rstrip("/") + "/bin/python")} -m pip install '
@@ -56,15 +49,12 @@ def install_command(profile: Profile | None, python_version: str) -> str:
 
 def check(facts: dict[str, Any], profile: Profile | None, artifacts: tuple[Path, ...] = ()) -> list[dict[str, str]]:
     """Problems found, each {"problem", "fix"}; also warns when the runtime is older than a model needs."""
-    runner = runner_module()
-    runtime_too_old, tflite_min_runtime_version = runner.runtime_too_old, runner.tflite_min_runtime_version
-
     problems: list[dict[str, str]] = []
     python = str(facts.get("python") or "0")
     fix = install_command(profile, python)
     version = tuple(int(p) for p in python.split(".")[:2] if p.isdigit())
     if version < (3, 9):
-        problems.append({"problem": f"Python {python} is too old: the runner needs Python >= 3.9",
+        problems.append({"problem": f"Python {python} is too old: the device app needs Python >= 3.9",
                          "fix": "install python3.9 or newer (e.g. Raspberry Pi OS Bullseye or Bookworm)"})
     if not facts.get("numpy"):
         problems.append({"problem": "numpy is not installed", "fix": fix})
@@ -83,8 +73,8 @@ def check(facts: dict[str, Any], profile: Profile | None, artifacts: tuple[Path,
     if runtimes:
         best = runtimes[0]
         for artifact in artifacts:
-            needed = tflite_min_runtime_version(str(artifact))
-            if runtime_too_old(best["name"], best["version"], needed):
+            needed = device.min_runtime_version(str(artifact))
+            if device.runtime_too_old(best["name"], best["version"], needed):
                 problems.append({"problem": f"{best['name']} {best['version']} is older than {Path(artifact).name} "
                                             f"needs (TFLite >= {needed}): it will refuse some of its ops",
                                  "fix": fix})
@@ -96,14 +86,15 @@ def main_doctor(config: DoctorConfig) -> dict[str, Any]:
     target = resolve_target(config.target, config.ssh) if not str(config.target).endswith((".toml", ".json")) else None
     if target is None:
         raise TargetError("edgeft doctor checks one target: pass a profile, local, or user@host")
-    facts = device_facts(target)
+    facts = device_facts(target, tmp_root=config.ssh.remote_tmpdir)
     problems = check(facts, target.profile, config.artifacts)
     installed = None
     if config.install and problems:
         command = install_command(target.profile, str(facts.get("python")))
         log(f"doctor: installing on {target.name}: {command}")
         target.transport.run(["sh", "-c", command], 1800.0)
-        facts = device_facts(ResolvedTarget(target.name, target.transport, target.profile, None))
+        facts = device_facts(ResolvedTarget(target.name, target.transport, target.profile, None),
+                             tmp_root=config.ssh.remote_tmpdir)
         problems = check(facts, target.profile, config.artifacts)
         installed = command
     return {"target": target.name, "facts": facts, "problems": problems, "ok": not problems, "installed": installed}

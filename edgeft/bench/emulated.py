@@ -13,7 +13,7 @@
 
 Everything lives in :func:`cache_root` (``$EDGEFT_EMULATED_DIR``, else ``$EDGEFT_CACHE_DIR/emulated``, else
 ``~/.cache/edgeft/emulated``). :class:`EmulatedTransport` then runs the runner as
-``qemu-aarch64-static -cpu CPU -L VIEW VIEW/usr/bin/python3.X -E -s runner.py ...``.
+``qemu-aarch64-static -cpu CPU -L VIEW VIEW/usr/bin/python3.X -E -s edgeft-device.pyz ...``.
 
 Latency measured this way is the emulator's, not a device's; accuracy, outputs and compatibility are real.
 """

@@ -13,47 +13,19 @@ PROFILE_NAMES = ("local", "rpi4", "rpi5", "coral-usb", "coral-devboard")
 
 
 def targets_dir() -> Path:
-    """The folder holding ``runner.py`` and the profiles, in a source checkout or an installed wheel."""
+    """The device package's folder holding the profiles, in a source checkout or an installed wheel."""
     try:
         import edgeft.targets as package
 
         folder = Path(package.__file__).resolve().parent
-        if (folder / "runner.py").is_file():
+        if (folder / "__main__.py").is_file():
             return folder
     except ImportError:
         pass
     folder = Path(__file__).resolve().parents[2] / "targets"
-    if (folder / "runner.py").is_file():
+    if (folder / "__main__.py").is_file():
         return folder
-    raise TargetError("edgeft's targets/ folder (runner.py, profiles) is missing from this install; reinstall edgeft")
-
-
-def runner_module() -> Any:
-    """The runner as a module (``edgeft.targets.runner`` when installed, else loaded from ``targets/runner.py``)."""
-    import importlib.util
-    import sys
-
-    try:
-        from edgeft.targets import runner
-
-        return runner
-    except ImportError:
-        pass
-    name = "edgeft_targets_runner"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, runner_path())
-    if spec is None or spec.loader is None:
-        raise TargetError("cannot load edgeft's runner.py; reinstall edgeft")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def runner_path() -> Path:
-    """The on-device runner script that the host copies to the device."""
-    return targets_dir() / "runner.py"
+    raise TargetError("edgeft's targets/ folder (device code, profiles) is missing from this install; reinstall edgeft")
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """``edgeft export``: TFLite (float32, float16, dynamic range, int8), ONNX (float32, int8) and Edge TPU.
 
 One module per format behind a registry (:mod:`edgeft.export.formats`), one conversion per
-child process (:mod:`edgeft.export.worker`), every artifact checked in its real runtime
-(:mod:`edgeft.export.parity`) and reported (:mod:`edgeft.export.report`).
-:func:`main_export` is the single entry point.
+child process (:mod:`edgeft.export.worker`), every artifact validated by the device layer on
+uint8 pixels with the sidecar just written (:mod:`edgeft.export.validate`) and reported
+(:mod:`edgeft.export.report`). :func:`main_export` is the single entry point.
 """
 
 from __future__ import annotations

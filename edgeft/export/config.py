@@ -1,86 +1,36 @@
 """What an export is asked to produce: :class:`ExportConfig` and its enums.
 
 An export is planned as a list of :class:`ArtifactSpec` (one file each) by the format
-exporters registered in :mod:`edgeft.export.formats`.
+exporters registered in :mod:`edgeft.export.formats`; formats are named by their exporter.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgeft.errors import UsageError
+from edgeft.export.formats import format_names, get_exporter
+from edgeft.export.spec import ArtifactSpec, Format, IODtype, OnnxWeights, Precision, Source
+
+__all__ = ["ArtifactSpec", "ExportConfig", "Format", "IODtype", "OnnxWeights", "Precision", "Source", "parse_formats"]
 
 
-class Format(str, Enum):
-    """Deployment formats."""
-
-    TFLITE = "tflite"
-    ONNX = "onnx"
-    EDGETPU = "edgetpu"
-
-
-class Precision(str, Enum):
-    """Numeric precision of an artifact's weights and arithmetic."""
-
-    FLOAT32 = "float32"
-    FLOAT16 = "float16"
-    DYNAMIC_RANGE = "dynamic_range"
-    INT8 = "int8"
-
-
-class IODtype(str, Enum):
-    """Input/output tensor type of full-integer TFLite models."""
-
-    UINT8 = "uint8"
-    INT8 = "int8"
-    FLOAT32 = "float32"
-
-
-class OnnxWeights(str, Enum):
-    """Weight type of ONNX int8 models (activations are always uint8, as onnxruntime prefers on CPU).
-
-    Measured (top-1 agreement with the float model, hymenoptera MobileNetV2 0.35 at 224 px /
-    digits at 32 px). On an AVX2 host without VNNI: uint8 0.974 / 0.994, int8 0.961 / 0.911
-    (U8S8 products saturate in VPMADDUBSW), int8_7bit 0.869 / 0.992. The same hymenoptera
-    models on a Xeon with AVX512-VNNI: uint8 0.974, int8 0.974, int8_7bit 0.869. So uint8 is
-    accurate on every CPU, int8 is as accurate and faster where the CPU has VNNI or an Arm dot
-    product, and 7-bit weights cost accuracy everywhere.
-    """
-
-    UINT8 = "uint8"
-    INT8 = "int8"
-    INT8_7BIT = "int8_7bit"
-
-
-class Source(str, Enum):
-    """Where an artifact's numbers come from: the float model, post-training quantization, or QAT."""
-
-    FLOAT = "float"
-    PTQ = "ptq"
-    QAT = "qat"
-
-
-DEFAULT_FORMATS = (Format.TFLITE, Format.ONNX)
+DEFAULT_FORMATS = (Format.TFLITE.value, Format.ONNX.value)
 DEFAULT_MAX_DROP_INT8 = 2.0  # accuracy points
 DEFAULT_MAX_DROP_OTHER = 0.5
 ONNX_CALIB_METHODS = ("minmax", "entropy", "percentile")
 
 
-def parse_formats(names: list[str]) -> tuple[Format, ...]:
-    """Parse ``--formats`` names, raising :class:`UsageError` for an unknown one."""
-    formats: list[Format] = []
+def parse_formats(names: list[str]) -> tuple[str, ...]:
+    """Parse ``--formats`` names against the exporter registry, raising :class:`UsageError` for an unknown one."""
+    formats: list[str] = []
     for name in names:
-        try:
-            fmt = Format(name.strip().lower())
-        except ValueError:
-            known = ", ".join(f.value for f in Format)
-            raise UsageError(f"unknown export format '{name}'; choose from: {known}") from None
+        fmt = get_exporter(name.strip().lower()).format
         if fmt not in formats:
             formats.append(fmt)
     if not formats:
-        raise UsageError("--formats is empty; choose from: " + ", ".join(f.value for f in Format))
+        raise UsageError("--formats is empty; choose from: " + ", ".join(format_names()))
     return tuple(formats)
 
 
@@ -90,7 +40,7 @@ class ExportConfig:
 
     run_dir: Path
     out_dir: Path
-    formats: tuple[Format, ...] = DEFAULT_FORMATS
+    formats: tuple[str, ...] = DEFAULT_FORMATS  # registered format names
     precisions: tuple[Precision, ...] = (Precision.FLOAT32,)
     io_dtype: IODtype = IODtype.UINT8
     max_drop: float | None = None  # points; None: 2.0 for int8, 0.5 for the others
@@ -105,10 +55,9 @@ class ExportConfig:
     threads: int = 1
     latency_runs: int = 30
     isolate: bool = True  # one conversion per child process
-    force: bool = False
-    extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "formats", tuple(getattr(f, "value", f) for f in self.formats))
         if Precision.FLOAT32 not in self.precisions:
             object.__setattr__(self, "precisions", (Precision.FLOAT32, *self.precisions))
         if self.onnx_calib_method not in ONNX_CALIB_METHODS:
@@ -124,19 +73,16 @@ class ExportConfig:
     @classmethod
     def from_flags(cls, run_dir: Path, out_dir: Path, formats: list[str] | None = None, int8: bool = False,
                    fp16: bool = False, dynamic: bool = False, all_: bool = False, **options: object) -> "ExportConfig":
-        """Build a config from CLI-style flags (``--all`` = every format and every precision)."""
+        """Build a config from CLI-style flags (``--all`` = every registered format and every precision)."""
         if all_:
-            chosen = tuple(Format)
+            chosen: tuple[str, ...] = tuple(format_names())
             precisions = tuple(Precision)
         else:
             chosen = parse_formats(formats) if formats else DEFAULT_FORMATS
-            precisions = (Precision.FLOAT32,)
-            if int8 or Format.EDGETPU in chosen:
-                precisions += (Precision.INT8,)
-            if fp16:
-                precisions += (Precision.FLOAT16,)
-            if dynamic:
-                precisions += (Precision.DYNAMIC_RANGE,)
+            wanted = {Precision.FLOAT32, *(p for name in chosen for p in get_exporter(name).implies)}
+            wanted |= {p for p, flag in ((Precision.INT8, int8), (Precision.FLOAT16, fp16),
+                                         (Precision.DYNAMIC_RANGE, dynamic)) if flag}
+            precisions = tuple(p for p in Precision if p in wanted)
         io = options.pop("io_dtype", None)
         if "onnx_weights" in options:
             try:
@@ -149,24 +95,8 @@ class ExportConfig:
                    io_dtype=IODtype(io) if io else IODtype.UINT8, calib_sweep=tuple(int(s) for s in sweep),
                    **options)  # type: ignore[arg-type]
 
-    def wants_int8(self) -> bool:
-        return Precision.INT8 in self.precisions
-
     def max_drop_for(self, precision: Precision) -> float:
+        """Allowed accuracy loss in points for an artifact of ``precision``."""
         if self.max_drop is not None:
             return self.max_drop
         return DEFAULT_MAX_DROP_INT8 if precision == Precision.INT8 else DEFAULT_MAX_DROP_OTHER
-
-
-@dataclass(frozen=True)
-class ArtifactSpec:
-    """One file an exporter will write."""
-
-    format: Format
-    precision: Precision
-    source: Source
-    filename: str
-
-    @property
-    def key(self) -> str:
-        return f"{self.format.value}:{self.precision.value}"

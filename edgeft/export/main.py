@@ -1,36 +1,51 @@
-"""``main_export``: plan, convert (one child process each), check parity, report."""
+"""``main_export``: plan, stage, convert (one child process each), validate in the device layer, report."""
 
 from __future__ import annotations
 
 import hashlib
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgeft import targets as device
+from edgeft.calibration import CalibrationSet, calibration_for_run
+from edgeft.data.dataset import load_samples
 from edgeft.errors import OutputMatchError, RunDirError
-from edgeft.export.config import ArtifactSpec, ExportConfig, Format, Precision, Source
+from edgeft.export.config import ExportConfig
+from edgeft.export.spec import ArtifactSpec, Precision, Source
+from edgeft.export.formats import EXPORTERS, ConversionJob, get_exporter, plan_artifacts
+from edgeft.export.metadata import base_metadata
+from edgeft.export.report import SCHEMA, write_report
+from edgeft.export.validate import Reference, Validation, validate_artifact
+from edgeft.fileio import write_json_atomic
 from edgeft.progress import log
+from edgeft.run.rundir import RunDir
+
+SWEEP_FORMAT = "tflite"  # the calibration sweep measures TFLite int8
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+@dataclass(frozen=True)
+class Export:
+    """One export in progress: its configuration, the run it reads and the directories it writes."""
+
+    config: ExportConfig
+    run: RunDir
+    out: Path
+    work: Path
+    base: dict[str, Any]  # metadata every artifact carries
 
 
-def _run(task: dict[str, Any], config: ExportConfig, work: Path, name: str) -> dict[str, Any]:
-    if config.isolate:
-        from edgeft.export.worker import run_in_child
+@dataclass(frozen=True)
+class Staged:
+    """Inputs shared by every conversion: the calibration set (and its file) and the Keras reference."""
 
-        return run_in_child(task, work, name)
-    from edgeft.export.worker import run_task
-
-    return run_task(task)
+    calibration: CalibrationSet | None
+    calibration_file: str | None
+    reference: Reference
 
 
 def main_export(config: ExportConfig) -> dict[str, Any]:
@@ -40,117 +55,193 @@ def main_export(config: ExportConfig) -> dict[str, Any]:
     :class:`ModelFileError`, and :class:`OutputMatchError` (after writing the report) when an
     artifact loses more accuracy than ``--max-drop`` allows.
     """
-    from edgeft.calibration import calibration_for_run
-    from edgeft.data.dataset import load_samples
-    from edgeft.export.formats import ConversionJob, plan_artifacts
-    from edgeft.export.metadata import base_metadata, sidecar_path
-    from edgeft.export.parity import check_artifact, onnx_runner, tflite_runner
-    from edgeft.export.report import SCHEMA, write_report
-    from edgeft.export.worker import peak_rss_mb
-    from edgeft.fileio import write_json_atomic
-    from edgeft.run.rundir import RunDir
-    from edgeft.tfcompat import package_versions
-
     started = time.monotonic()
+    export = open_export(config)
+    specs, skipped = plan(export)
+    staged = stage(export, specs)
+    records = [export_artifact(export, spec, staged) for spec in specs]
+    add_size_ratios(records)
+    sweep = calibration_sweep(export, staged)
+    report = build_report(export, staged, records, skipped, sweep, started)
+    json_path, _ = write_report(export.out, report)
+    shutil.rmtree(export.work, ignore_errors=True)
+    log(f"export report: {json_path}")
+    fail_on_accuracy_drop(records, json_path)
+    return report
+
+
+def open_export(config: ExportConfig) -> Export:
+    """Open the run directory and make the export and work directories."""
     run = RunDir.open(config.run_dir)
-    manifest = run.manifest
     out = Path(config.out_dir)
     if out.resolve() == run.path.resolve():
         raise RunDirError(f"--out {out} is the run directory itself; choose a separate export directory")
     out.mkdir(parents=True, exist_ok=True)
     work = out / ".work"
     work.mkdir(exist_ok=True)
-    specs, skipped = plan_artifacts(config, manifest.kind)
+    return Export(config, run, out, work, base_metadata(run.manifest, run.path))
+
+
+def plan(export: Export) -> tuple[list[ArtifactSpec], list[dict[str, str]]]:
+    """The artifacts the registry plans for this run, logged."""
+    manifest = export.run.manifest
+    specs, skipped = plan_artifacts(export.config, manifest.kind)
     for skip in skipped:
         log(f"skipping {skip['format']} {skip['precision']}: {skip['reason']}")
-    log(f"export: {run.path} ({manifest.kind} {manifest.backbone} {manifest.image_size} px) -> {out}: "
+    log(f"export: {export.run.path} ({manifest.kind} {manifest.backbone} {manifest.image_size} px) -> {export.out}: "
         + ", ".join(s.filename for s in specs))
+    return specs, skipped
 
-    calibration = None
-    calib_file: str | None = None
+
+def stage(export: Export, specs: list[ArtifactSpec]) -> Staged:
+    """Calibration pixels (when an int8 artifact is planned) and the Keras reference on the val split."""
+    config, run = export.config, export.run
+    calibration, calibration_file = None, None
     if any(s.precision == Precision.INT8 for s in specs):
         calibration = calibration_for_run(run, config.calib_size, config.calib_seed, config.calib_dir, config.calib_list)
-        calib_file = str(work / "calib.npz")
-        np.savez(calib_file, pixels=calibration.pixels)
+        calibration_file = str(export.work / "calib.npz")
+        np.savez(calibration_file, pixels=calibration.pixels)
         log(f"calibration: {len(calibration)} images from {calibration.source}")
+    return Staged(calibration, calibration_file, keras_reference(export))
 
-    val = load_samples(run.samples("val"), manifest.image_size, label="decoding val images")
+
+def keras_reference(export: Export) -> Reference:
+    """The val split's uint8 pixels and labels, and the Keras model's outputs on them (its own preprocessing)."""
+    manifest = export.run.manifest
+    val = load_samples(export.run.samples("val"), manifest.image_size, label="decoding val images")
     if len(val.samples) == 0:
-        raise RunDirError(f"run {run.path} has no usable validation image to check the exported models on")
-    val_file = work / "val.npz"
+        raise RunDirError(f"run {export.run.path} has no usable validation image to check the exported models on")
+    val_file = export.work / "val.npz"
     np.savez(val_file, pixels=val.images)
-    inputs = manifest.preprocessing.apply(val.images)
     log("keras: reference outputs on the val split")
-    _run({"task": "keras_reference", "model": str(run.model_path), "inputs": str(val_file),
-          "preprocessing": manifest.preprocessing.to_dict(), "output": str(work / "keras_probs.npy")},
-         config, work, "keras_reference")
-    keras_probs = np.load(work / "keras_probs.npy")
-    keras_accuracy = float(np.mean(keras_probs.argmax(axis=1) == val.labels))
+    run_task({"task": "keras_reference", "model": str(export.run.model_path), "inputs": str(val_file),
+              "preprocessing": manifest.preprocessing.to_dict(), "output": str(export.work / "keras_probs.npy")},
+             export, "keras_reference")
+    return Reference(val.images, val.labels, np.load(export.work / "keras_probs.npy", allow_pickle=False))
 
-    base = base_metadata(manifest, run.path)
-    records: list[dict[str, Any]] = []
-    float_sizes: dict[str, int] = {}
-    for spec in specs:
-        path = out / spec.filename
-        log(f"converting {spec.filename} ({spec.format.value} {spec.precision.value}, {spec.source.value})")
-        metadata = dict(base, format=spec.format.value, precision=spec.precision.value, source=spec.source.value,
-                        calibration=calibration.describe() if calibration and spec.precision == Precision.INT8 else None)
-        int8_tflite = out / "model_int8.tflite" if spec.format == Format.EDGETPU else None
-        job = ConversionJob(
-            run_dir=str(run.path), format=spec.format.value, precision=spec.precision.value,
-            source=spec.source.value, output=str(path), work_dir=str(work), calibration=calib_file,
-            io_dtype=config.io_dtype.value, opset=config.opset, onnx_calib_method=config.onnx_calib_method,
-            onnx_weights=config.onnx_weights.value, metadata=metadata,
-            int8_tflite=str(int8_tflite) if int8_tflite and int8_tflite.is_file() else None,
-        )
-        t0 = time.monotonic()
-        result = _run({"task": "convert", "job": job.to_dict()}, config, work, spec.filename)
-        convert_s = time.monotonic() - t0
-        record = _measure(spec, path, result, config, inputs, val.labels, keras_probs, keras_accuracy,
-                          tflite_runner, onnx_runner, check_artifact)
-        record["convert_s"] = round(convert_s, 1)
-        if spec.precision == Precision.FLOAT32 and spec.format != Format.EDGETPU:
-            float_sizes[spec.format.value] = record["size_bytes"]
-        reference = float_sizes.get(spec.format.value if spec.format != Format.EDGETPU else "tflite")
-        record["size_ratio"] = round(record["size_bytes"] / reference, 4) if reference and record["size_bytes"] else None
-        sidecar = dict(result.get("metadata", metadata), artifact=spec.filename, size_bytes=record["size_bytes"],
-                       sha256=_sha256(path) if path.is_file() else None,
-                       parity={k: record[k] for k in ("accuracy", "agreement", "max_abs_diff", "latency_ms")},
-                       keras_accuracy=keras_accuracy)
-        write_json_atomic(sidecar_path(path), sidecar)
-        record["sidecar"] = sidecar_path(path).name
-        records.append(record)
-        log(f"  {spec.filename}: {record['size_bytes']} bytes, accuracy {record['accuracy']}, "
-            f"agreement {record['agreement']}, latency {record['latency_ms']} ms")
 
-    sweep: list[dict[str, Any]] = []
-    if config.calib_sweep and calibration is not None:
-        sweep = _calibration_sweep(config, run, calibration, base, work, inputs, val.labels, keras_probs)
+def run_task(task: dict[str, Any], export: Export, name: str) -> dict[str, Any]:
+    """Run a worker task in a child process (default) or in this one (``--in-process``)."""
+    from edgeft.export.worker import run_in_child, run_task as run_here
 
-    report = {
-        "schema": SCHEMA,
-        "run_dir": str(run.path.resolve()),
-        "run_kind": manifest.kind,
-        "backbone": manifest.backbone,
-        "alpha": manifest.alpha,
-        "image_size": manifest.image_size,
-        "labels": list(manifest.class_names),
-        "keras_accuracy": keras_accuracy,
-        "val_samples": int(len(val.labels)),
-        "io_dtype": config.io_dtype.value,
-        "threads": config.threads,
-        "opset": config.opset,
-        "calibration": calibration.describe() if calibration else None,
-        "calibration_sweep": sweep,
-        "artifacts": records,
-        "skipped": skipped,
-        "peak_rss_mb": {k: round(v, 1) for k, v in peak_rss_mb().items()},
-        "elapsed_s": round(time.monotonic() - started, 1),
-        "versions": package_versions(),
+    if export.config.isolate:
+        return run_in_child(task, export.work, name)
+    return run_here(task)
+
+
+def conversion_job(export: Export, spec: ArtifactSpec, staged: Staged, output: Path) -> ConversionJob:
+    """The job for one artifact: its metadata, calibration file and what its exporter takes from earlier ones."""
+    config = export.config
+    int8 = spec.precision == Precision.INT8
+    metadata = dict(export.base, format=spec.format, precision=spec.precision.value, source=spec.source.value,
+                    calibration=staged.calibration.describe() if staged.calibration and int8 else None)
+    return ConversionJob(
+        run_dir=str(export.run.path), format=spec.format, precision=spec.precision.value, source=spec.source.value,
+        output=str(output), work_dir=str(export.work), calibration=staged.calibration_file,
+        io_dtype=config.io_dtype.value, opset=config.opset, onnx_calib_method=config.onnx_calib_method,
+        onnx_weights=config.onnx_weights.value, metadata=metadata,
+        **get_exporter(spec.format).job_inputs(export.out),
+    )
+
+
+def export_artifact(export: Export, spec: ArtifactSpec, staged: Staged) -> dict[str, Any]:
+    """Convert one artifact, write its sidecar, validate it with that sidecar, and return its report row."""
+    exporter = get_exporter(spec.format)
+    path = export.out / spec.filename
+    log(f"converting {spec.filename} ({spec.format} {spec.precision.value}, {spec.source.value})")
+    job = conversion_job(export, spec, staged, path)
+    t0 = time.monotonic()
+    result = run_task({"task": "convert", "job": job.to_dict()}, export, spec.filename)
+    convert_s = round(time.monotonic() - t0, 1)
+    size = exporter.deployable_size(path, result)
+    sidecar = dict(result.get("metadata", job.metadata), artifact=spec.filename, size_bytes=size,
+                   sha256=sha256(path) if path.is_file() else None,
+                   keras_accuracy=staged.reference.accuracy, validation=None)
+    write_json_atomic(Path(device.sidecar_path(str(path))), sidecar)
+    validation = validate_artifact(path, spec.backend, staged.reference, export.config.threads,
+                                   export.config.latency_runs) if spec.backend else None
+    if validation is not None:
+        write_json_atomic(Path(device.sidecar_path(str(path))), dict(sidecar, validation=validation.as_record()))
+    record = artifact_record(export.config, spec, validation, staged.reference.accuracy)
+    record.update(size_bytes=size, convert_s=convert_s, details=exporter.details(result),
+                  sidecar=Path(device.sidecar_path(spec.filename)).name)
+    log(f"  {spec.filename}: {size} bytes, accuracy {record['accuracy']}, agreement {record['agreement']}, "
+        f"p50 {record['p50_ms']} ms")
+    return record
+
+
+def artifact_record(config: ExportConfig, spec: ArtifactSpec, validation: Validation | None,
+                    keras_accuracy: float) -> dict[str, Any]:
+    """One report row: what was written and how it compares with Keras (None where not validated)."""
+    record: dict[str, Any] = {
+        "format": spec.format, "precision": spec.precision.value, "source": spec.source.value, "path": spec.filename,
+        "backend": spec.backend, "size_bytes": None, "accuracy": None, "agreement": None, "max_abs_diff": None,
+        "p50_ms": None, "accuracy_drop_pts": None, "max_drop_pts": config.max_drop_for(spec.precision),
+        "passed": None, "details": None,
     }
-    json_path, _ = write_report(out, report)
-    shutil.rmtree(work, ignore_errors=True)
-    log(f"export report: {json_path}")
+    if validation is not None:
+        record.update(validation.as_record())
+    if record["accuracy"] is not None:
+        drop = 100.0 * (keras_accuracy - record["accuracy"])
+        record["accuracy_drop_pts"] = round(drop, 3)
+        record["passed"] = bool(drop <= record["max_drop_pts"] + 1e-9)
+    return record
+
+
+def add_size_ratios(records: list[dict[str, Any]]) -> None:
+    """``size_ratio``: each artifact's size against its reference format's float32 artifact."""
+    float_sizes = {r["format"]: r["size_bytes"] for r in records if r["precision"] == Precision.FLOAT32.value}
+    for record in records:
+        reference = float_sizes.get(EXPORTERS[record["format"]].size_reference or record["format"])
+        size = record["size_bytes"]
+        record["size_ratio"] = round(size / reference, 4) if reference and size else None
+
+
+def calibration_sweep(export: Export, staged: Staged) -> list[dict[str, Any]]:
+    """TFLite int8 accuracy for a few calibration sizes (each a prefix of the full calibration set)."""
+    config, calibration = export.config, staged.calibration
+    if not config.calib_sweep or calibration is None:
+        return []
+    exporter = get_exporter(SWEEP_FORMAT)
+    source = Source.QAT if export.run.manifest.kind == "qat" else Source.PTQ
+    rows = []
+    for size in sorted({min(s, len(calibration)) for s in config.calib_sweep}):
+        subset = export.work / f"calib_{size}.npz"
+        np.savez(subset, pixels=calibration.pixels[:size])
+        path = export.work / f"sweep_int8_{size}.tflite"
+        log(f"calibration sweep: TFLite int8 with {size} images")
+        spec = ArtifactSpec(SWEEP_FORMAT, Precision.INT8, source, path.name, exporter.backend(Precision.INT8))
+        job = conversion_job(export, spec, Staged(calibration, str(subset), staged.reference), path)
+        result = run_task({"task": "convert", "job": job.to_dict()}, export, f"sweep_{size}")
+        write_json_atomic(Path(device.sidecar_path(str(path))), result.get("metadata", job.metadata))
+        validation = validate_artifact(path, str(spec.backend), staged.reference, config.threads, 0)
+        rows.append({"calib_size": size, "accuracy": validation.accuracy, "agreement": validation.agreement,
+                     "max_abs_diff": validation.max_abs_diff})
+    return rows
+
+
+def build_report(export: Export, staged: Staged, records: list[dict[str, Any]], skipped: list[dict[str, str]],
+                 sweep: list[dict[str, Any]], started: float) -> dict[str, Any]:
+    """The export report (schema ``edgeft.export_report/2``)."""
+    from edgeft.tfcompat import package_versions
+
+    config, manifest, calibration = export.config, export.run.manifest, staged.calibration
+    return {
+        "schema": SCHEMA, "run_dir": str(export.run.path.resolve()), "run_kind": manifest.kind,
+        "backbone": manifest.backbone, "alpha": manifest.alpha, "image_size": manifest.image_size,
+        "labels": list(manifest.class_names), "keras_accuracy": staged.reference.accuracy,
+        "val_samples": int(len(staged.reference.labels)), "io_dtype": config.io_dtype.value,
+        "threads": config.threads, "opset": config.opset,
+        "calibration": calibration.describe() if calibration else None, "calibration_sweep": sweep,
+        "artifacts": records, "skipped": skipped,
+        "peak_rss_mb": {"parent": round(device.peak_rss_mb() or 0.0, 1),
+                        "largest_child": round(device.peak_rss_mb(children=True) or 0.0, 1)},
+        "elapsed_s": round(time.monotonic() - started, 1), "versions": package_versions(),
+    }
+
+
+def fail_on_accuracy_drop(records: list[dict[str, Any]], json_path: Path) -> None:
+    """:class:`OutputMatchError` naming the first artifact that lost more than ``--max-drop``."""
     failed = [r for r in records if r["passed"] is False]
     if failed:
         worst = failed[0]
@@ -158,61 +249,12 @@ def main_export(config: ExportConfig) -> dict[str, Any]:
             f"{worst['path']} lost {worst['accuracy_drop_pts']:.1f} accuracy points against Keras "
             f"(allowed {worst['max_drop_pts']}); see {json_path} (raise --max-drop, or use QAT for int8)"
         )
-    return report
 
 
-def _measure(spec: ArtifactSpec, path: Path, result: dict[str, Any], config: ExportConfig, inputs: np.ndarray,
-             labels: np.ndarray, keras_probs: np.ndarray, keras_accuracy: float, tflite_runner: Any,
-             onnx_runner: Any, check_artifact: Any) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "format": spec.format.value, "precision": spec.precision.value, "source": spec.source.value,
-        "path": spec.filename, "size_bytes": path.stat().st_size if path.is_file() else None,
-        "accuracy": None, "agreement": None, "max_abs_diff": None, "latency_ms": None,
-        "accuracy_drop_pts": None, "max_drop_pts": config.max_drop_for(spec.precision), "passed": None,
-        "details": None,
-    }
-    if spec.format == Format.EDGETPU:
-        record["details"] = result.get("edgetpu")
-        if result.get("compiled"):  # the compiled model's size is the deployable one
-            record["size_bytes"] = path.stat().st_size
-        else:
-            int8 = path.parent / "model_int8.tflite"
-            record["size_bytes"] = int8.stat().st_size if int8.is_file() else None
-        return record
-    runner = tflite_runner(path, config.threads) if spec.format == Format.TFLITE else onnx_runner(path, config.threads)
-    parity = check_artifact(runner, inputs, labels, keras_probs, config.latency_runs)
-    record.update(accuracy=parity.accuracy, agreement=parity.agreement, max_abs_diff=parity.max_abs_diff,
-                  latency_ms=round(parity.latency_ms, 4) if parity.latency_ms is not None else None)
-    if parity.accuracy is not None:
-        drop = 100.0 * (keras_accuracy - parity.accuracy)
-        record["accuracy_drop_pts"] = round(drop, 3)
-        record["passed"] = bool(drop <= record["max_drop_pts"] + 1e-9)
-    if spec.format == Format.ONNX:
-        record["details"] = {"opset": result.get("opset"), "checker": result.get("checker")}
-    return record
-
-
-def _calibration_sweep(config: ExportConfig, run: Any, calibration: Any, base: dict[str, Any], work: Path,
-                       inputs: np.ndarray, labels: np.ndarray, keras_probs: np.ndarray) -> list[dict[str, Any]]:
-    """TFLite int8 accuracy for a few calibration sizes (each a subset of the full calibration set)."""
-    from edgeft.export.formats import ConversionJob
-    from edgeft.export.parity import check_artifact, tflite_runner
-
-    rows = []
-    for size in sorted(set(config.calib_sweep)):
-        size = min(size, len(calibration))
-        subset = work / f"calib_{size}.npz"
-        np.savez(subset, pixels=calibration.pixels[:size])
-        path = work / f"sweep_int8_{size}.tflite"
-        log(f"calibration sweep: TFLite int8 with {size} images")
-        job = ConversionJob(run_dir=str(run.path), format="tflite", precision="int8",
-                            source=Source.QAT.value if run.manifest.kind == "qat" else Source.PTQ.value,
-                            output=str(path), work_dir=str(work), calibration=str(subset),
-                            io_dtype=config.io_dtype.value, opset=config.opset,
-                            onnx_calib_method=config.onnx_calib_method, metadata=dict(base, format="tflite",
-                                                                                      precision="int8"))
-        _run({"task": "convert", "job": job.to_dict()}, config, work, f"sweep_{size}")
-        parity = check_artifact(tflite_runner(path, config.threads), inputs, labels, keras_probs, 0)
-        rows.append({"calib_size": size, "accuracy": parity.accuracy, "agreement": parity.agreement,
-                     "max_abs_diff": parity.max_abs_diff})
-    return rows
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

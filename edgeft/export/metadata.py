@@ -10,7 +10,8 @@ per channel, ``channel_order``), ``backbone``, ``format``, ``precision``, ``sour
   buffer holds the JSON bytes (read it with :func:`read_tflite_metadata`, or any flatbuffer
   reader of the TFLite schema: ``Model.Metadata(i).Name()`` / ``Model.Buffers(...)``).
 - ONNX: ``model.metadata_props`` entry with key ``edgeft.metadata``.
-- Every artifact: ``<artifact file name>.json`` next to it (the same object plus size/sha256).
+- Every artifact: its sidecar next to it (:func:`edgeft.targets.sidecar_path`: ``<artifact file name>.json``),
+  the same object plus size, sha256 and the export's validation.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-METADATA_KEY = "edgeft.metadata"
+from edgeft.targets import EDGEFT_METADATA_KEY as METADATA_KEY
 SCHEMA = "edgeft.metadata/1"
 
 
@@ -64,21 +65,12 @@ def _name(value: Any) -> str:
 
 
 def read_tflite_metadata(path_or_bytes: Path | bytes) -> dict[str, Any] | None:
-    """Read the ``edgeft.metadata`` JSON of a ``.tflite`` file (None when absent). Needs only ``flatbuffers``."""
-    from tensorflow.lite.python import schema_py_generated as schema
+    """Read the ``edgeft.metadata`` JSON of a ``.tflite`` file (None when absent), with the device layer's
+    flatbuffer reader: standard library only, no TensorFlow."""
+    from edgeft.targets import edgeft_metadata
 
-    data = Path(path_or_bytes).read_bytes() if isinstance(path_or_bytes, (str, Path)) else bytes(path_or_bytes)
-    model = schema.Model.GetRootAsModel(data, 0)
-    for i in range(model.MetadataLength()):
-        entry = model.Metadata(i)
-        if _name(entry.Name()) == METADATA_KEY:
-            buffer = model.Buffers(entry.Buffer())
-            raw = buffer.DataAsNumpy()
-            if not isinstance(raw, int):
-                return json.loads(raw.tobytes().decode("utf-8"))
-            if buffer.Offset():  # large models keep buffers after the flatbuffer
-                return json.loads(data[buffer.Offset(): buffer.Offset() + buffer.Size()].decode("utf-8"))
-    return None
+    source = str(path_or_bytes) if isinstance(path_or_bytes, (str, Path)) else bytes(path_or_bytes)
+    return edgeft_metadata(source)
 
 
 def embed_onnx_metadata(model: Any, metadata: dict[str, Any]) -> Any:
@@ -99,8 +91,3 @@ def read_onnx_metadata(path: Path) -> dict[str, Any] | None:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     value = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
     return json.loads(value) if value else None
-
-
-def sidecar_path(artifact: Path) -> Path:
-    """``model_int8.tflite`` -> ``model_int8.tflite.json``."""
-    return Path(artifact).with_name(Path(artifact).name + ".json")

@@ -1,13 +1,14 @@
 """``export_report.json`` and ``export_report.md``: one row per artifact, measured against Keras.
 
-export_report.json (schema ``edgeft.export_report/1``)::
+export_report.json (schema ``edgeft.export_report/2``)::
 
     keras_accuracy      float 0..1, Keras model on the held-out (val) split
     val_samples         int
     artifacts[]         format (tflite|onnx|edgetpu), precision (float32|float16|dynamic_range|int8),
                         source (float|ptq|qat), path (relative to EXPORT_DIR), size_bytes,
                         size_ratio (vs the same format's float32), accuracy, agreement (top-1 vs Keras),
-                        max_abs_diff (outputs vs Keras), latency_ms (median single image, host),
+                        max_abs_diff (outputs vs Keras), p50_ms (single image on the host, as bench
+                        measures it: p50 of N runs after warm-up), backend (device backend that ran it),
                         accuracy_drop_pts, max_drop_pts, passed, sidecar, details
                         (null where not measurable, e.g. Edge TPU without the device)
     calibration         source, size, key, cache_file (null when no int8 artifact)
@@ -21,11 +22,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edgeft.export.formats import EXPORTERS, format_names
 from edgeft.fileio import write_json_atomic, write_text_atomic
 
 REPORT_JSON = "export_report.json"
 REPORT_MD = "export_report.md"
-SCHEMA = "edgeft.export_report/1"
+SCHEMA = "edgeft.export_report/2"
 
 
 def _fmt(value: Any, kind: str) -> str:
@@ -48,9 +50,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"# edgeft export: {report['backbone']} {report['image_size']} px ({report['run_kind']} run)",
         "",
         f"Keras accuracy on {report['val_samples']} held-out images: {_fmt(report['keras_accuracy'], 'pct')}. "
-        f"Latency: median single-image host time of the runtime call, {report['threads']} thread(s).",
+        f"Artifacts are validated in the device layer on uint8 pixels with their sidecar's preprocessing. "
+        f"p50 ms: single-image host time of the runtime call, {report['threads']} thread(s).",
         "",
-        "| format | precision | source | file | size | vs float32 | accuracy | agreement | max abs diff | latency ms | check |",
+        "| format | precision | source | file | size | vs float32 | accuracy | agreement | max abs diff | p50 ms | check |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for a in report["artifacts"]:
@@ -59,21 +62,13 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {a['format']} | {a['precision']} | {a['source']} | {a['path']} | {_fmt(a['size_bytes'], 'kib')} | "
             f"{ratio} | {_fmt(a['accuracy'], 'pct')} | {_fmt(a['agreement'], 'pct')} | "
-            f"{_fmt(a['max_abs_diff'], 'diff')} | {_fmt(a['latency_ms'], 'ms')} | {check} |"
+            f"{_fmt(a['max_abs_diff'], 'diff')} | {_fmt(a['p50_ms'], 'ms')} | {check} |"
         )
-    edgetpu = [a for a in report["artifacts"] if a["format"] == "edgetpu"]
-    for a in edgetpu:
-        details = a.get("details") or {}
-        compiled = details.get("compiler_report")
-        if compiled:
-            counts = (f" ({compiled.get('ops_on_edgetpu', '?')} of {compiled.get('operations_total', '?')} ops on the "
-                      f"Edge TPU, compiler {compiled.get('compiler_version') or '?'}; log: {details.get('log')})")
-        else:
-            counts = (f" ({details.get('predicted_ops_on_edgetpu', '?')} of {details.get('operators_total', '?')} ops "
-                      "predicted on the Edge TPU)")
-        first = details.get("first_unsupported")
-        lines += ["", f"Edge TPU: **{details.get('verdict', '?')}**"
-                  + (f"; first unsupported op: {first['op']}" if first and not compiled else "") + counts + "."]
+    format_names()  # loads the built-in exporters
+    for a in report["artifacts"]:
+        exporter = EXPORTERS.get(a["format"])
+        for note in exporter.report_notes(a) if exporter else []:
+            lines += ["", note]
     for skip in report.get("skipped") or []:
         lines += ["", f"Not exported: {skip['format']} {skip['precision']}: {skip['reason']}."]
     if report.get("calibration"):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -42,13 +41,12 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
         np.save(task["output"], probs)
         return {"ok": True, "shape": list(probs.shape)}
     if task["task"] == "convert":
-        from edgeft.export.config import Format
         from edgeft.export.formats import ConversionJob, get_exporter
+        from edgeft.run.rundir import MODEL_FILE
 
         job = ConversionJob(**task["job"])
-        exporter = get_exporter(Format(job.format))
-        needs_model = not (job.format == "edgetpu" and job.int8_tflite and Path(job.int8_tflite).is_file())
-        model = load_keras_model(Path(job.run_dir) / "model.keras") if needs_model else None
+        exporter = get_exporter(job.format)
+        model = load_keras_model(Path(job.run_dir) / MODEL_FILE) if exporter.needs_keras_model(job) else None
         result = exporter.convert(job, model)
         return dict(result, ok=True)
     raise ExportError(f"unknown worker task {task['task']!r}")
@@ -90,12 +88,6 @@ def _error_class(name: str) -> type[EdgeftError] | None:
     return cls if isinstance(cls, type) and issubclass(cls, EdgeftError) else None
 
 
-def peak_rss_mb() -> dict[str, float]:
-    """Peak resident memory of this process and of its largest child so far (MiB)."""
-    return {"parent": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-            "largest_child": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0}
-
-
 def main(argv: list[str] | None = None) -> int:
     """``python -m edgeft.export.worker TASK.json RESULT.json``."""
     args = sys.argv[1:] if argv is None else argv
@@ -108,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
         result = {"ok": False, "error": f"{type(error).__name__}: {first}", "exit_code": ExportError.exit_code,
                   "error_type": "ExportError"}
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    from edgeft.targets import peak_rss_mb
+
+    result["peak_rss_mb"] = peak_rss_mb()
     result_file.write_text(json.dumps(result, default=str), "utf-8")
     return 0 if result.get("ok") else 1
 

@@ -1,17 +1,25 @@
-"""The exporter registry: one small module per deployment format.
+"""The exporter registry: one module per deployment format, and everything about it in that module.
 
-An exporter declares which precisions it can write and the file name of each, and converts
-one :class:`~edgeft.export.config.ArtifactSpec` at a time (inside a child process, see
-:mod:`edgeft.export.worker`). Adding a format is adding a module that calls :func:`register`.
+An exporter declares its format name, the precisions it writes and each file's name, when a
+precision is skipped, which device backend runs its artifacts (``None``: not runnable on the
+host, e.g. an Edge TPU model), and converts one artifact at a time (in a child process, see
+:mod:`edgeft.export.worker`). :mod:`edgeft.export.main` only iterates over what the registry
+plans. Adding a format is one module in this package that subclasses :class:`Exporter` and calls
+:func:`register` (plus one backend module in the device layer, ``targets/backends/``, if it needs
+a new runtime); nothing else names it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from edgeft.export.config import ArtifactSpec, ExportConfig, Format, Precision, Source
+from edgeft.errors import ExportError, UsageError
+from edgeft.export.spec import ArtifactSpec, Precision, Source
+
+if TYPE_CHECKING:
+    from edgeft.export.config import ExportConfig
 
 
 @dataclass(frozen=True)
@@ -36,36 +44,86 @@ class ConversionJob:
         return dict(self.__dict__)
 
 
-class Exporter(Protocol):
-    """A format's exporter."""
+class Exporter:
+    """A format's exporter; subclasses set the class attributes and implement :meth:`convert`."""
 
-    format: Format
-    precisions: tuple[Precision, ...]
+    format: str = ""
+    precisions: tuple[Precision, ...] = ()
+    order: int = 100  # conversion order among the chosen formats (lower first)
+    implies: tuple[Precision, ...] = ()  # precisions choosing this format adds to the export
+    every_precision: bool = False  # planned for each of its precisions even when not asked for
+    size_reference: str | None = None  # whose float32 file its size_ratio compares with (default: its own)
 
-    def filename(self, precision: Precision) -> str: ...
+    def filename(self, precision: Precision) -> str:
+        """The file this exporter writes for ``precision``."""
+        raise NotImplementedError
 
-    def skip_reason(self, precision: Precision, run_kind: str) -> str | None: ...
+    def skip_reason(self, precision: Precision, run_kind: str) -> str | None:
+        """Why ``precision`` is not exported from a ``run_kind`` run, or None."""
+        return None
 
-    def convert(self, job: ConversionJob, model: Any) -> dict[str, Any]: ...
+    def backend(self, precision: Precision) -> str | None:
+        """The device backend that runs the artifact (validated on the host), or None when it cannot run here."""
+        return None
+
+    def job_inputs(self, out_dir: Path) -> dict[str, Any]:
+        """Extra :class:`ConversionJob` fields taken from artifacts already written in ``out_dir``."""
+        return {}
+
+    def needs_keras_model(self, job: ConversionJob) -> bool:
+        """Whether :meth:`convert` needs the run's Keras model loaded."""
+        return True
+
+    def convert(self, job: ConversionJob, model: Any) -> dict[str, Any]:
+        """Write ``job.output``; return ``{"metadata": {...}, ...}`` (the metadata goes into the sidecar)."""
+        raise NotImplementedError
+
+    def deployable_size(self, path: Path, result: dict[str, Any]) -> int | None:
+        """The size that ships for this artifact (bytes)."""
+        return path.stat().st_size if path.is_file() else None
+
+    def details(self, result: dict[str, Any]) -> dict[str, Any] | None:
+        """Format-specific facts for the report row."""
+        return None
+
+    def report_notes(self, artifact: dict[str, Any]) -> list[str]:
+        """Markdown paragraphs the report adds for one of this exporter's rows."""
+        return []
 
 
-EXPORTERS: dict[Format, Exporter] = {}
+EXPORTERS: dict[str, Exporter] = {}
+E = TypeVar("E", bound=Callable[[], Exporter])
 
 
-def register(cls: Callable[[], Exporter]) -> Callable[[], Exporter]:
-    """Class decorator: instantiate and register an exporter for its format."""
+def register(cls: E) -> E:
+    """Class decorator: instantiate and register an exporter under its format name."""
     instance = cls()
     EXPORTERS[instance.format] = instance
     return cls
 
 
 def _load_all() -> None:
-    from edgeft.export.formats import edgetpu, onnx, tflite  # noqa: F401  (registration side effects)
+    """Import every module of this package: each registers its exporter (a new format needs no edit here)."""
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
 
 
-def get_exporter(fmt: Format) -> Exporter:
+def format_names() -> list[str]:
+    """Every registered format, in conversion order."""
     _load_all()
-    return EXPORTERS[fmt]
+    return sorted(EXPORTERS, key=lambda name: (EXPORTERS[name].order, name))
+
+
+def get_exporter(name: str) -> Exporter:
+    """The exporter of format ``name``, or :class:`UsageError`."""
+    _load_all()
+    name = getattr(name, "value", name)
+    if name not in EXPORTERS:
+        raise UsageError(f"unknown export format '{name}'; choose from: {', '.join(format_names())}")
+    return EXPORTERS[name]
 
 
 def source_for(precision: Precision, run_kind: str) -> Source:
@@ -76,22 +134,25 @@ def source_for(precision: Precision, run_kind: str) -> Source:
 
 
 def plan_artifacts(config: ExportConfig, run_kind: str) -> tuple[list[ArtifactSpec], list[dict[str, str]]]:
-    """The artifacts an export writes, in conversion order (Edge TPU after TFLite int8), and those skipped."""
-    _load_all()
+    """The artifacts an export writes, in conversion order, and those skipped (with the reason)."""
+    from edgeft import targets as device
+
     specs: list[ArtifactSpec] = []
     skipped: list[dict[str, str]] = []
-    order = [Format.TFLITE, Format.ONNX, Format.EDGETPU]
-    for fmt in sorted(config.formats, key=order.index):
-        exporter = EXPORTERS[fmt]
+    known_backends = device.backend_names()
+    for name in sorted(config.formats, key=lambda n: (get_exporter(n).order, n)):
+        exporter = get_exporter(name)
         for precision in Precision:
-            if precision in exporter.precisions and (precision in config.precisions or fmt == Format.EDGETPU):
-                reason = exporter.skip_reason(precision, run_kind)
-                if reason:
-                    skipped.append({"format": fmt.value, "precision": precision.value, "reason": reason})
-                    continue
-                specs.append(ArtifactSpec(fmt, precision, source_for(precision, run_kind), exporter.filename(precision)))
+            if precision not in exporter.precisions or not (precision in config.precisions or exporter.every_precision):
+                continue
+            reason = exporter.skip_reason(precision, run_kind)
+            if reason:
+                skipped.append({"format": name, "precision": precision.value, "reason": reason})
+                continue
+            backend = exporter.backend(precision)
+            if backend is not None and backend not in known_backends:
+                raise ExportError(f"format {name} declares device backend '{backend}', which the device layer "
+                                  f"does not have (known: {', '.join(known_backends)})")
+            specs.append(ArtifactSpec(name, precision, source_for(precision, run_kind), exporter.filename(precision),
+                                      backend))
     return specs, skipped
-
-
-def artifact_path(out_dir: Path, spec: ArtifactSpec) -> Path:
-    return Path(out_dir) / spec.filename

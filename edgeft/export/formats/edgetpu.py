@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from edgeft.errors import ExportError
-from edgeft.export.config import Format, IODtype, Precision
-from edgeft.export.formats import ConversionJob, register
+from edgeft.export.spec import Format, IODtype, Precision
+from edgeft.export.formats import ConversionJob, Exporter, register
+from edgeft.export.formats.tflite import FILENAMES as TFLITE_FILENAMES
 
 COMPILED_FILE = "model_int8_edgetpu.tflite"
+INT8_TFLITE = TFLITE_FILENAMES[Precision.INT8]  # the full-integer model it compiles, when already exported
 REPORT_FILE = "model_int8_edgetpu.compatibility.json"
 LOG_FILE = "model_int8_edgetpu.log"
 
@@ -166,17 +168,50 @@ def parse_compiler_log(text: str) -> dict[str, Any]:
 
 
 @register
-class EdgeTpuExporter:
-    """Compiles the int8 TFLite model with ``edgetpu_compiler``, or writes a compatibility report."""
+class EdgeTpuExporter(Exporter):
+    """Compiles the int8 TFLite model with ``edgetpu_compiler``, or writes a compatibility report.
 
-    format = Format.EDGETPU
+    Its artifacts run only with an Edge TPU attached: no device backend validates them on the host.
+    """
+
+    format = Format.EDGETPU.value
     precisions = (Precision.INT8,)
+    order = 30  # after TFLite int8, which it compiles
+    implies = (Precision.INT8,)
+    every_precision = True
+    size_reference = Format.TFLITE.value
 
     def filename(self, precision: Precision) -> str:
         return COMPILED_FILE if shutil.which("edgetpu_compiler") else REPORT_FILE
 
-    def skip_reason(self, precision: Precision, run_kind: str) -> str | None:
-        return None
+    def job_inputs(self, out_dir: Path) -> dict[str, Any]:
+        int8 = Path(out_dir) / INT8_TFLITE
+        return {"int8_tflite": str(int8)} if int8.is_file() else {}
+
+    def needs_keras_model(self, job: ConversionJob) -> bool:
+        return not (job.int8_tflite and Path(job.int8_tflite).is_file())
+
+    def deployable_size(self, path: Path, result: dict[str, Any]) -> int | None:
+        if result.get("compiled"):  # the compiled model is what ships
+            return path.stat().st_size
+        int8 = path.parent / INT8_TFLITE
+        return int8.stat().st_size if int8.is_file() else None
+
+    def details(self, result: dict[str, Any]) -> dict[str, Any] | None:
+        return result.get("edgetpu")
+
+    def report_notes(self, artifact: dict[str, Any]) -> list[str]:
+        details = artifact.get("details") or {}
+        compiled = details.get("compiler_report")
+        if compiled:
+            counts = (f" ({compiled.get('ops_on_edgetpu', '?')} of {compiled.get('operations_total', '?')} ops on the "
+                      f"Edge TPU, compiler {compiled.get('compiler_version') or '?'}; log: {details.get('log')})")
+        else:
+            counts = (f" ({details.get('predicted_ops_on_edgetpu', '?')} of {details.get('operators_total', '?')} ops "
+                      "predicted on the Edge TPU)")
+        first = details.get("first_unsupported")
+        return [f"Edge TPU: **{details.get('verdict', '?')}**"
+                + (f"; first unsupported op: {first['op']}" if first and not compiled else "") + counts + "."]
 
     def convert(self, job: ConversionJob, model: Any) -> dict[str, Any]:
         from edgeft.export.formats.tflite import convert_keras_to_tflite

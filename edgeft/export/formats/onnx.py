@@ -26,13 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from edgeft.errors import CalibrationError, ExportError
-from edgeft.export.config import Format, OnnxWeights, Precision
-from edgeft.export.formats import ConversionJob, register
+from edgeft.errors import ExportError
+from edgeft.export.spec import Format, OnnxWeights, Precision
+from edgeft.export.formats import ConversionJob, Exporter, register
+from edgeft.export.formats.tflite import load_calibration_pixels
 
 FILENAMES = {Precision.FLOAT32: "model_float32.onnx", Precision.INT8: "model_int8.onnx"}
 INPUT_NAME = "image"
-
 
 
 def _first_line(error: Exception) -> str:
@@ -98,7 +98,7 @@ def qat_to_onnx_via_tflite(model: Any, image_size: int, opset: int, work_dir: Pa
     """QAT Keras model -> full-integer TFLite (float I/O, trained ranges) -> ONNX QDQ, input renamed ``image``."""
     import tf2onnx
 
-    from edgeft.export.config import IODtype
+    from edgeft.export.spec import IODtype
     from edgeft.export.formats.tflite import convert_keras_to_tflite
 
     tflite_path = Path(work_dir) / "qat_int8_float_io.tflite"
@@ -144,14 +144,21 @@ def _input_quantization(proto: Any) -> dict[str, Any] | None:
 
 
 @register
-class OnnxExporter:
+class OnnxExporter(Exporter):
     """Writes ``model_float32.onnx`` / ``model_int8.onnx`` with ``metadata_props["edgeft.metadata"]``."""
 
-    format = Format.ONNX
+    format = Format.ONNX.value
     precisions = (Precision.FLOAT32, Precision.INT8)
+    order = 20
 
     def filename(self, precision: Precision) -> str:
         return FILENAMES[precision]
+
+    def backend(self, precision: Precision) -> str | None:
+        return "onnx"
+
+    def details(self, result: dict[str, Any]) -> dict[str, Any] | None:
+        return {"opset": result.get("opset"), "checker": result.get("checker")}
 
     def skip_reason(self, precision: Precision, run_kind: str) -> str | None:
         if run_kind == "qat" and precision != Precision.INT8:
@@ -180,11 +187,7 @@ class OnnxExporter:
         else:
             proto = keras_to_onnx(model, image_size, job.opset)
         if precision == Precision.INT8 and job.source != "qat":
-            if not job.calibration:
-                raise CalibrationError("int8 export needs calibration data: the run has no training split; "
-                                       "pass --calib-dir DIR or --calib-list FILE")
-            with np.load(job.calibration, allow_pickle=False) as data:
-                pixels = data["pixels"]
+            pixels = load_calibration_pixels(job.calibration)
             float_path = Path(job.work_dir) / "onnx_float_for_int8.onnx"
             onnx.save(proto, str(float_path))
             quantized = Path(job.work_dir) / "onnx_int8_raw.onnx"

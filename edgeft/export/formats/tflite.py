@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from edgeft.errors import CalibrationError, ExportError
-from edgeft.export.config import Format, IODtype, Precision
-from edgeft.export.formats import ConversionJob, register
+from edgeft.export.spec import Format, IODtype, Precision
+from edgeft.export.formats import ConversionJob, Exporter, register
 
 FILENAMES = {
     Precision.FLOAT32: "model_float32.tflite",
@@ -26,12 +26,13 @@ FILENAMES = {
 }
 
 
-def load_calibration_pixels(path: str | None) -> tuple[np.ndarray, Any]:
+def load_calibration_pixels(path: str | None) -> np.ndarray:
+    """The uint8 calibration pixels the export staged, or :class:`CalibrationError` when there are none."""
     if not path:
         raise CalibrationError("int8 export needs calibration data: the run has no training split; "
                                "pass --calib-dir DIR or --calib-list FILE")
     with np.load(path, allow_pickle=False) as data:
-        return data["pixels"], None
+        return data["pixels"]
 
 
 def convert_keras_to_tflite(model: Any, image_size: int, precision: Precision, preprocessing: Any,
@@ -49,7 +50,7 @@ def convert_keras_to_tflite(model: Any, image_size: int, precision: Precision, p
     elif precision == Precision.DYNAMIC_RANGE:
         converter.optimizations = [tfm.lite.Optimize.DEFAULT]
     elif precision == Precision.INT8:
-        pixels, _ = load_calibration_pixels(calibration_npz)
+        pixels = load_calibration_pixels(calibration_npz)
 
         def representative() -> Any:
             for index in range(pixels.shape[0]):
@@ -69,10 +70,10 @@ def convert_keras_to_tflite(model: Any, image_size: int, precision: Precision, p
 
 
 def io_details(model_bytes: bytes) -> dict[str, Any]:
-    """Input/output name, shape, dtype and quantization of a TFLite model (via ai_edge_litert)."""
-    from ai_edge_litert.interpreter import Interpreter
+    """Input/output name, shape, dtype and quantization of a TFLite model (via the device layer's interpreter)."""
+    from edgeft.targets import import_tflite
 
-    interpreter = Interpreter(model_content=model_bytes)
+    interpreter = import_tflite()[0](model_content=model_bytes)
 
     def describe(detail: dict[str, Any]) -> dict[str, Any]:
         scale, zero_point = detail["quantization"]
@@ -88,14 +89,18 @@ def io_details(model_bytes: bytes) -> dict[str, Any]:
 
 
 @register
-class TFLiteExporter:
-    """Writes ``model_<precision>.tflite`` with an embedded ``edgeft.metadata`` entry."""
+class TFLiteExporter(Exporter):
+    """Writes ``model_<precision>.tflite`` with an embedded ``edgeft.metadata`` entry; runs in the TFLite backend."""
 
-    format = Format.TFLITE
+    format = Format.TFLITE.value
     precisions = (Precision.FLOAT32, Precision.FLOAT16, Precision.DYNAMIC_RANGE, Precision.INT8)
+    order = 10
 
     def filename(self, precision: Precision) -> str:
         return FILENAMES[precision]
+
+    def backend(self, precision: Precision) -> str | None:
+        return "tflite"
 
     def skip_reason(self, precision: Precision, run_kind: str) -> str | None:
         if run_kind == "qat" and precision == Precision.FLOAT32:

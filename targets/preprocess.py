@@ -1,0 +1,133 @@
+"""uint8 pixels -> model input, and model output -> real scores.
+
+``input = pixel * scale + offset`` per channel (after the sidecar's channel order), then the
+model's input quantization when its input is an integer tensor. The resize is the one training
+uses: Pillow's bilinear filter (``reducing_gap=3.0``) when Pillow is installed, otherwise a numpy
+bilinear filter with Pillow's weights and fixed-point arithmetic (identical for a resize along one
+axis; within one grey level when both axes change, for downscale factors below 6 where Pillow's
+reducing gap does not come into play).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+from .contract import DeviceError
+
+_PRECISION_BITS = 22  # Pillow's fixed-point precision for 8-bit resampling
+
+
+def prepare_input(images: Any, dtype: Any, quant: Tuple[float, int], sidecar: Optional[Dict[str, Any]],
+                  layout: str = "NHWC") -> Any:
+    """Map uint8 pixels (N, H, W, 3) to model input: the sidecar's ``pixel * scale + offset``, then quantize.
+
+    Without a sidecar, a uint8 model gets the raw pixels, an int8 model ``pixel - 128`` and a float
+    model ``pixel / 127.5 - 1`` (the MobileNet convention).
+    """
+    import numpy as np
+
+    dtype = np.dtype(dtype)
+    images = np.asarray(images, dtype=np.uint8)
+    prep = (sidecar or {}).get("preprocessing")
+    if prep and prep.get("channel_order", "RGB") == "BGR":
+        images = images[..., ::-1]
+    if dtype == np.uint8 and not prep:
+        tensor = images
+    elif dtype == np.int8 and not prep:
+        tensor = (images.astype(np.int16) - 128).astype(np.int8)
+    else:
+        if prep:
+            scale = np.asarray(prep.get("scale", [1.0, 1.0, 1.0]), np.float32)
+            offset = np.asarray(prep.get("offset", [0.0, 0.0, 0.0]), np.float32)
+        else:
+            scale, offset = np.float32(1.0 / 127.5), np.float32(-1.0)
+        values = images.astype(np.float32) * scale + offset
+        tensor = quantize(values, dtype, quant, sidecar) if dtype in (np.uint8, np.int8) else values.astype(dtype)
+    if layout == "NCHW":
+        tensor = np.transpose(tensor, (0, 3, 1, 2))
+    return np.ascontiguousarray(tensor)
+
+
+def quantize(values: Any, dtype: Any, quant: Tuple[float, int], sidecar: Optional[Dict[str, Any]] = None) -> Any:
+    """Real values -> integer tensor with the model's (scale, zero point), else the sidecar's."""
+    import numpy as np
+
+    q_scale, zero_point = float(quant[0]), int(quant[1])
+    side_quant = ((sidecar or {}).get("input") or {}).get("quantization") or \
+        (sidecar or {}).get("input_quantization") or {}
+    if not q_scale and side_quant.get("scale"):
+        q_scale, zero_point = float(side_quant["scale"]), int(side_quant.get("zero_point", 0))
+    if not q_scale:
+        raise DeviceError("the model has a %s input but no quantization parameters" % np.dtype(dtype).name)
+    info = np.iinfo(dtype)
+    return np.clip(np.round(values / q_scale + zero_point), info.min, info.max).astype(dtype)
+
+
+def dequantize(raw: Any, quant: Tuple[float, int]) -> Any:
+    """Integer outputs back to real values with (scale, zero_point); floats pass through as float32."""
+    import numpy as np
+
+    raw = np.asarray(raw)
+    if raw.dtype in (np.uint8, np.int8, np.int16) and quant and float(quant[0]):
+        return (raw.astype(np.float32) - float(quant[1])) * float(quant[0])
+    return raw.astype(np.float32)
+
+
+def resize_images(images: Any, height: int, width: int) -> Any:
+    """Bilinear resize of uint8 images (N, H, W, 3) as training resizes (Pillow when installed)."""
+    import numpy as np
+
+    images = np.asarray(images, dtype=np.uint8)
+    if images.shape[1] == height and images.shape[2] == width:
+        return images
+    try:
+        from PIL import Image
+    except ImportError:
+        return np.stack([resize_bilinear_numpy(image, height, width) for image in images])
+    return np.stack([np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR, reducing_gap=3.0))
+                     for image in images])
+
+
+def _coefficients(in_size: int, out_size: int) -> Any:
+    """Pillow's bilinear (triangle) filter weights as a fixed-point (out_size, in_size) matrix."""
+    import numpy as np
+
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = filterscale  # the triangle filter's support is 1 pixel, widened when shrinking
+    matrix = np.zeros((out_size, in_size), np.int64)
+    for out in range(out_size):
+        center = (out + 0.5) * scale
+        low = max(int(center - support + 0.5), 0)
+        high = min(int(center + support + 0.5), in_size)
+        taps = np.arange(low, high, dtype=np.float64)
+        weights = np.maximum(0.0, 1.0 - np.abs((taps - center + 0.5) / filterscale))
+        total = weights.sum()
+        if total:
+            weights = weights / total
+        fixed = weights * (1 << _PRECISION_BITS)
+        matrix[out, low:high] = np.trunc(np.where(fixed < 0, fixed - 0.5, fixed + 0.5)).astype(np.int64)
+    return matrix
+
+
+def _resample(image: Any, matrix: Any, axis: int) -> Any:
+    import numpy as np
+
+    moved = np.moveaxis(image.astype(np.int64), axis, -1)  # (..., in)
+    summed = moved @ matrix.T + (1 << (_PRECISION_BITS - 1))
+    return np.moveaxis(np.clip(summed >> _PRECISION_BITS, 0, 255).astype(np.uint8), -1, axis)
+
+
+def resize_bilinear_numpy(image: Any, height: int, width: int) -> Any:
+    """One uint8 (H, W, C) image resized like Pillow's ``Image.resize(..., BILINEAR)``.
+
+    Pillow rounds to uint8 between its two passes, so the pass order can move a pixel by one
+    level; starting with the pass whose intermediate image is smaller matches Pillow most often.
+    """
+    passes = [(1, width), (0, height)]
+    if height * image.shape[1] < image.shape[0] * width:
+        passes.reverse()
+    for axis, size in passes:
+        if image.shape[axis] != size:
+            image = _resample(image, _coefficients(image.shape[axis], size), axis)
+    return image
