@@ -315,6 +315,23 @@ def export(run_dir: Path, formats: str, calib_sweep: str | None, in_process: boo
     click.echo(f"report: {Path(options['out_dir']) / 'export_report.md'}")
 
 
+# --------------------------------------------------------------------------- predict
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--top-k", type=int, default=1, show_default=True, help="Labels per image.")
+@click.option("--labels", type=click.Path(path_type=Path), default=None,
+              help="Labels file (one per line) for a model without edgeft metadata.")
+@click.option("--threads", type=int, default=1, show_default=True, help="Interpreter threads.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image with every top-k.")
+def predict(model: Path, images: tuple[Path, ...], top_k: int, labels: Path | None, threads: int,
+            as_json: bool) -> None:
+    """Classify IMAGE files and DIRs with MODEL (.tflite/.onnx); exit 9 when any image failed."""
+    from edgeft.predict import main_predict
+
+    sys.exit(main_predict(model, images, top_k=top_k, labels=labels, threads=threads, as_json=as_json))
+
+
 # --------------------------------------------------------------------------- entry point
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the CLI, turning edgeft errors into one line and an exit code."""

@@ -233,7 +233,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict
     out = tmp_path_factory.mktemp("export-runtime")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("EDGEFT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "edgeft-cache"))
-        config = ExportConfig.from_flags(run, out, formats="tflite,onnx", int8=True, calib_size=24, isolate=False,
+        config = ExportConfig.from_flags(run, out, formats=["tflite", "onnx"], int8=True, calib_size=24, isolate=False,
                                          latency_runs=2, max_drop=100.0)
         report = main_export(config)
     return run, out, report
