@@ -332,6 +332,29 @@ def predict(model: Path, images: tuple[Path, ...], top_k: int, labels: Path | No
     sys.exit(main_predict(model, images, top_k=top_k, labels=labels, threads=threads, as_json=as_json))
 
 
+# --------------------------------------------------------------------------- bundle
+@cli.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--target", required=True, help="Target profile (see `edgeft targets`).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="APP_DIR to write (new).")
+@click.option("--artifact", default=None, help="File name in EXPORT_DIR [the one the target runs best].")
+@click.option("--from-bench", type=click.Path(path_type=Path), default=None,
+              help="Ship the artifact `edgeft bench` recommended for this target in BENCH_DIR.")
+@click.option("--labels", type=click.Path(path_type=Path), default=None,
+              help="Labels file to ship, for a model without edgeft metadata.")
+@click.option("--json", "as_json", is_flag=True, help="Print bundle.json on stdout.")
+def bundle(source: Path, target: str, out_dir: Path, artifact: str | None, from_bench: Path | None,
+           labels: Path | None, as_json: bool) -> None:
+    """Write APP_DIR: a model from SOURCE (EXPORT_DIR or a model file), the device layer, requirements, app.py."""
+    from edgeft.bundle import build_bundle
+
+    record = build_bundle(source, target, out_dir, artifact=artifact, from_bench=from_bench, labels=labels)
+    if as_json:
+        _emit_json(record)
+    else:
+        click.echo(f"bundle: {out_dir} ({record['artifact']} for {record['target']}); see {out_dir / 'README.md'}")
+
+
 # --------------------------------------------------------------------------- entry point
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the CLI, turning edgeft errors into one line and an exit code."""

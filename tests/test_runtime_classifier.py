@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from export_helpers import mobilenet_run
+from export_helpers import mobilenet_run, session_export
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 MODELS = SHARED / "models"
@@ -227,15 +227,8 @@ def test_device_decoder_matches_the_training_decoder(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- edgeft's own exports
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
-    from edgeft.export import ExportConfig, main_export
-
     run = mobilenet_run(tmp_path_factory)
-    out = tmp_path_factory.mktemp("export-runtime")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("EDGEFT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "edgeft-cache"))
-        config = ExportConfig.from_flags(run, out, formats=["tflite", "onnx"], int8=True, calib_size=24, isolate=False,
-                                         latency_runs=2, max_drop=100.0)
-        report = main_export(config)
+    out, report = session_export(tmp_path_factory, run)
     return run, out, report
 
 
