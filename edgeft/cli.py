@@ -161,6 +161,8 @@ def _ssh_click_options(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--eval", "eval_source", type=click.Path(path_type=Path), default=None,
               help="Labelled evaluation set: a run directory (its val split), class folders, or an .npz.")
 @click.option("--eval-limit", type=int, default=None, help="Use at most N evaluation images.")
+@click.option("--max-drop", type=float, default=1.0, show_default=True,
+              help="Recommend the fastest artifact within this many accuracy points of the most accurate.")
 @click.option("--timeout", "timeout_s", type=float, default=1800.0, show_default=True,
               help="Give up on a target after S seconds.")
 @_ssh_click_options
