@@ -111,6 +111,8 @@ def load_array(array: Any, height: int, width: int) -> Any:
         raise ImageError("an image array must be (H, W, 3) RGB, (H, W) grayscale or (H, W, 4) RGBA, got shape %s"
                          % (tuple(array.shape),))
     _check_size(array.shape[1], array.shape[0], "the image array")
+    if array.ndim == 3 and array.shape[-1] == 3 and array.shape[:2] == (height, width):
+        return np.ascontiguousarray(array)  # already the model's size: nothing to resize
     if array.ndim == 3 and array.shape[-1] == 3:
         try:
             _pil()
@@ -118,7 +120,10 @@ def load_array(array: Any, height: int, width: int) -> Any:
             return resize_images(array[None], height, width)[0]
     Image, _ = _pil()
     # uint8 (H, W) / (H, W, 3) / (H, W, 4) arrays open as L / RGB / RGBA
-    return _resize_pil(_to_rgb(Image.fromarray(np.ascontiguousarray(array))), height, width)
+    image = Image.fromarray(np.ascontiguousarray(array))
+    if image.mode != "RGB":  # an RGB array has no EXIF and no alpha: skip the conversion copies
+        image = _to_rgb(image)
+    return _resize_pil(image, height, width)
 
 
 def load_image(image: Any, size: Tuple[int, int]) -> Any:

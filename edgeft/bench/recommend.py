@@ -162,6 +162,8 @@ def latency_accuracy_figure(rows: Sequence[dict[str, Any]], recommendation: dict
             axes.xaxis.set_minor_formatter(NullFormatter())
             axes.set_xlabel("median latency per image (ms)")
             axes.set_ylabel("top-1 accuracy (%)" if has_accuracy else "accuracy not measured (run with --eval)")
+            if not has_accuracy:
+                axes.set_yticks([])
             axes.set_title(_plain(f"{target}: latency vs accuracy"))
             axes.grid(True, which="major", alpha=0.3)
             if here:
