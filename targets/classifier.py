@@ -85,6 +85,7 @@ class Classifier:
         self.labels: Tuple[str, ...] = tuple(labels)
         self.metadata_source = metadata_source  # "embedded", "sidecar", "arguments" or "none"
         self.num_classes = num_classes
+        self._input_size: Tuple[int, int] = tuple(model.input_size)  # type: ignore[assignment]
         self._lock = threading.Lock()
 
     @classmethod
@@ -152,7 +153,7 @@ class Classifier:
     @property
     def input_size(self) -> Tuple[int, int]:
         """(height, width) of the model's input."""
-        return self.model.input_size
+        return self._input_size
 
     def pixels(self, image: Any) -> Any:
         """The uint8 RGB (height, width, 3) pixels the model sees for ``image`` (decoded, resized)."""
@@ -162,9 +163,11 @@ class Classifier:
         """Real-valued scores (float32, one per class; dequantized) for one image."""
         import numpy as np
 
-        tensor = self.model.prepare(self.pixels(image)[None])
+        pixels = self.pixels(image)[None]
         with self._lock:
-            self.model.set_input(tensor)
+            if self.model.backend is None:
+                raise DeviceError("the classifier for %s is closed" % os.path.basename(self.path))
+            self.model.set_input(self.model.prepare(pixels))
             self.model.invoke()
             out = self.model.output()
         return np.asarray(out, dtype=np.float32).reshape(-1)

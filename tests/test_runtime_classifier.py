@@ -39,6 +39,10 @@ def test_google_model_cat_and_macaw_with_labels_file() -> None:
     assert cat[0][0] in CATS and 0.3 < cat[0][1] <= 1.0
     assert macaw[0][0] == "macaw" and macaw[0][1] > 0.5
     assert classifier.metadata_source == "arguments"
+    from edgeft.errors import ModelFileError
+
+    with pytest.raises(ModelFileError, match="is closed"):
+        classifier.classify(MODELS / "cat.bmp")
 
 
 @needs_google
