@@ -57,7 +57,7 @@ def main() -> None:
     from PIL import Image
 
     from edgeft.runtime import Classifier
-    from edgeft.targets.images import load_image
+    from edgeft.targets import load_image
 
     classifier = Classifier.load(MODEL, threads=args.threads)
     size = classifier.input_size

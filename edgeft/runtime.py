@@ -25,16 +25,16 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from edgeft.errors import ImageError, ModelFileError, UsageError
-from edgeft.targets import DeviceError
-from edgeft.targets import classifier as device
-from edgeft.targets.images import ImageError as DeviceImageError
+from edgeft.targets import ArgumentError, DeviceError
+from edgeft.targets import Classifier as DeviceClassifier
+from edgeft.targets import ImageError as DeviceImageError
 
-Prediction = device.Prediction
+Prediction = list[tuple[str, float]]
 
 __all__ = ["Classifier", "Prediction"]
 
 
-class Classifier(device.Classifier):
+class Classifier(DeviceClassifier):
     """An image classifier in ai-edge-litert / tflite-runtime / tf.lite, or onnxruntime (see the module doc)."""
 
     @classmethod
@@ -45,7 +45,7 @@ class Classifier(device.Classifier):
         """Load a ``.tflite`` or ``.onnx`` model; raises ModelFileError or UsageError with one line."""
         try:
             return super().load(path, threads, labels, scale, offset, channel_order, runtime, delegate)  # type: ignore[return-value]
-        except device.ArgumentError as error:
+        except ArgumentError as error:
             raise UsageError(str(error)) from None
         except DeviceError as error:
             raise ModelFileError(str(error)) from None
