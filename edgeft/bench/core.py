@@ -144,12 +144,12 @@ def _stage(config: BenchConfig, artifacts: list[Path], workdir: Path) -> tuple[d
     files: dict[str, Path] = {APP_NAME: device_app()}
     models = []
     eval_files: dict[int, str] = {}
-    names = artifact_labels(artifacts)
+    labels_of = artifact_labels(artifacts)
     for index, artifact in enumerate(artifacts):
         sidecar = read_sidecar(artifact)
         remote_name = f"m{index}_{artifact.name}"
         files[remote_name] = artifact
-        entry: dict[str, Any] = {"name": names[index], "file": remote_name, "sidecar": sidecar}
+        entry: dict[str, Any] = {"name": labels_of[index], "file": remote_name, "sidecar": sidecar}
         if config.eval_source is not None:
             size = model_input_size(artifact, sidecar)
             if size not in eval_files:
