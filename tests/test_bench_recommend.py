@@ -83,15 +83,25 @@ def test_bench_names_two_exports_apart_and_bundle_ships_its_recommendation(tmp_p
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
         shutil.copyfile(MODEL, tmp_path / name / "model_int8.tflite")
+    import numpy as np
+    from PIL import Image
+
+    labels = (SHARED / "models" / "imagenet_labels.txt").read_text().splitlines()
+    with Image.open(SHARED / "models" / "cat.bmp") as image:
+        cat = np.asarray(image.convert("RGB").resize((224, 224)), dtype=np.uint8)
+    np.savez(tmp_path / "eval.npz", images=cat[None], labels=np.array([labels.index("Egyptian cat")]))
     bench_dir = tmp_path / "bench"
     result = run_edgeft("bench", str(tmp_path / "a" / "model_int8.tflite"), str(tmp_path / "b" / "model_int8.tflite"),
-                        "--runs", "3", "--warmup", "1", "--threads", "1", "--out", str(bench_dir))
+                        "--runs", "3", "--warmup", "1", "--threads", "1", "--eval", str(tmp_path / "eval.npz"),
+                        "--out", str(bench_dir))
     assert result.exit_code == 0, result.stderr
     summary = json.loads((bench_dir / "bench.json").read_text())
     assert sorted(r["artifact"] for r in summary["rows"]) == ["a/model_int8.tflite", "b/model_int8.tflite"]
     assert {r["artifact_path"] for r in summary["rows"]} == {str(tmp_path / n / "model_int8.tflite") for n in "ab"}
+    assert [r["accuracy"] for r in summary["rows"]] == [1.0, 1.0]
     rec = summary["recommendation"]["local"]
     assert rec["artifact"] in ("a/model_int8.tflite", "b/model_int8.tflite") and rec["threads"] == 1
+    assert rec["accuracy"] == 1.0 and "within 1 accuracy points" in rec["reason"]
     assert "recommended artifact" in (bench_dir / "bench.md").read_text()
     assert (bench_dir / "bench_latency_accuracy.png").read_bytes()[:4] == b"\x89PNG"
     chosen = rec["artifact"].split("/")[0]
