@@ -289,6 +289,7 @@ def _val_files(run: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_image_files_reproduce_the_export_accuracy(exported: tuple[Path, Path, dict]) -> None:
+    from edgeft.data.images import decode_image
     from edgeft.runtime import Classifier
 
     run, out, report = exported
@@ -297,6 +298,10 @@ def test_image_files_reproduce_the_export_accuracy(exported: tuple[Path, Path, d
     for fmt, name in (("tflite", "model_int8.tflite"), ("onnx", "model_int8.onnx")):
         classifier = Classifier.load(out / name)
         hits = [classifier.classify(path, 1)[0][0] == names[label] for path, label in samples]
+        # the scores of a file are those of training's decoded pixels, bit for bit
+        size = classifier.input_size[0]
+        for path, _ in samples[:6]:
+            np.testing.assert_array_equal(classifier.scores(path), classifier.scores(decode_image(Path(path), size)))
         accuracy = float(np.mean(hits))
         expected = next(a["accuracy"] for a in report["artifacts"] if a["format"] == fmt and a["precision"] == "int8")
         figures[name] = (accuracy, expected)

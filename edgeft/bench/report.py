@@ -63,8 +63,8 @@ def build_rows(targets: list[ResolvedTarget], artifacts: list[Path], results: di
         if len(names) > 1:
             warnings.append(f"targets {', '.join(names)} ran at the same time on the same host ({host}): "
                             "they share its cores, so their latencies skew each other")
-    names = artifact_labels(artifacts)
-    paths = dict(zip(names, map(str, artifacts)))
+    labels = artifact_labels(artifacts)
+    paths = dict(zip(labels, map(str, artifacts)))
     rows: list[dict[str, Any]] = []
     for target in targets:
         shared = [n for n in by_host[target.transport.host_id] if n != target.name]
@@ -73,8 +73,8 @@ def build_rows(targets: list[ResolvedTarget], artifacts: list[Path], results: di
                 "emulated": bool(getattr(target.transport, "emulated", False)), "shares_cores_with": shared}
         document = results.get(target.name)
         if document is None:
-            for name in names:
-                rows.append(_row(dict(base, artifact=name, threads=None, error=errors.get(target.name)), paths))
+            for label in labels:
+                rows.append(_row(dict(base, artifact=label, threads=None, error=errors.get(target.name)), paths))
             continue
         throttled = document.get("throttled_during_run")
         for raw in document.get("rows", []):
