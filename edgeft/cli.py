@@ -161,6 +161,8 @@ def _ssh_click_options(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--eval", "eval_source", type=click.Path(path_type=Path), default=None,
               help="Labelled evaluation set: a run directory (its val split), class folders, or an .npz.")
 @click.option("--eval-limit", type=int, default=None, help="Use at most N evaluation images.")
+@click.option("--max-drop", type=float, default=1.0, show_default=True,
+              help="Recommend the fastest artifact within this many accuracy points of the most accurate.")
 @click.option("--timeout", "timeout_s", type=float, default=1800.0, show_default=True,
               help="Give up on a target after S seconds.")
 @_ssh_click_options
@@ -337,6 +339,46 @@ def export(run_dir: Path, formats: str, calib_sweep: str | None, in_process: boo
         accuracy = "-" if artifact["accuracy"] is None else f"{artifact['accuracy']:.4f}"
         click.echo(f"{artifact['path']:<42} {artifact['size_bytes'] or 0:>10} B  accuracy {accuracy}")
     click.echo(f"report: {Path(options['out_dir']) / 'export_report.md'}")
+
+
+# --------------------------------------------------------------------------- predict
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--top-k", type=int, default=1, show_default=True, help="Labels per image.")
+@click.option("--labels", type=click.Path(path_type=Path), default=None,
+              help="Labels file (one per line) for a model without edgeft metadata.")
+@click.option("--threads", type=int, default=1, show_default=True, help="Interpreter threads.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image with every top-k.")
+def predict(model: Path, images: tuple[Path, ...], top_k: int, labels: Path | None, threads: int,
+            as_json: bool) -> None:
+    """Classify IMAGE files and DIRs with MODEL (.tflite/.onnx); exit 9 when any image failed."""
+    from edgeft.predict import main_predict
+
+    sys.exit(main_predict(model, images, top_k=top_k, labels=labels, threads=threads, as_json=as_json))
+
+
+# --------------------------------------------------------------------------- bundle
+@cli.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--target", required=True, help="Target profile (see `edgeft targets`).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="APP_DIR to write (new).")
+@click.option("--artifact", default=None, help="File name in EXPORT_DIR [the one the target runs best].")
+@click.option("--from-bench", type=click.Path(path_type=Path), default=None,
+              help="Ship the artifact `edgeft bench` recommended for this target in BENCH_DIR.")
+@click.option("--labels", type=click.Path(path_type=Path), default=None,
+              help="Labels file to ship, for a model without edgeft metadata.")
+@click.option("--json", "as_json", is_flag=True, help="Print bundle.json on stdout.")
+def bundle(source: Path, target: str, out_dir: Path, artifact: str | None, from_bench: Path | None,
+           labels: Path | None, as_json: bool) -> None:
+    """Write APP_DIR: a model from SOURCE (EXPORT_DIR or a model file), the device layer, requirements, app.py."""
+    from edgeft.bundle import build_bundle
+
+    record = build_bundle(source, target, out_dir, artifact=artifact, from_bench=from_bench, labels=labels)
+    if as_json:
+        _emit_json(record)
+    else:
+        click.echo(f"bundle: {out_dir} ({record['artifact']} for {record['target']}); see {out_dir / 'README.md'}")
 
 
 # --------------------------------------------------------------------------- entry point

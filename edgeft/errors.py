@@ -95,3 +95,7 @@ class TargetError(EdgeftError):
     """A benchmark target is unknown, unreachable, or failed."""
 
     exit_code = 7
+
+
+class ImageError(UsageError):
+    """An image that cannot be classified: unreadable or empty file, wrong array type or shape."""

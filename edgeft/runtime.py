@@ -1,66 +1,60 @@
-"""A light embeddable runtime: numpy plus one interpreter, no TensorFlow (unless it is the only one).
+"""Embed an exported model in a Python app: numpy, Pillow and one interpreter, no TensorFlow.
 
     from edgeft.runtime import Classifier
 
-    classifier = Classifier.load("export/model_int8.tflite")
-    classifier.classify(image)   # uint8 (H, W, 3) RGB -> [("tabby", 0.61), ...]
+    with Classifier.load("export/model_int8.tflite") as classifier:
+        classifier.classify("photo.jpg")     # [("tabby", 0.61), ...]; also a PIL image or uint8 array
 
-The sidecar ``<model file>.json`` next to the model, when present, gives the labels, input size,
-preprocessing (``input = pixel * scale + offset``) and input quantization. This is a thin wrapper
-over the device layer (:class:`edgeft.targets.Model`): the same code that export validates with
-and that bench times on the device.
+Labels and preprocessing come from the model file's embedded ``edgeft.metadata``, else its
+sidecar ``<model>.json``; ``labels=``, ``scale=``, ``offset=``, ``channel_order=`` replace them
+for a model edgeft did not make. Images are decoded and resized as training decodes them (EXIF
+orientation, transparency over white, Pillow's bilinear filter), so an app fed the original
+files gets the accuracy export measured. One classifier may be shared by threads: a lock
+serializes the interpreter, decoding runs in parallel. This is the device layer's
+:class:`edgeft.targets.classifier.Classifier` (the same code a bundle runs from
+``edgeft-device.pyz``) with edgeft's errors: :class:`~edgeft.errors.ModelFileError` for the
+model, :class:`~edgeft.errors.UsageError` for arguments, :class:`~edgeft.errors.ImageError`
+for images.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+import os
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from edgeft import targets as device
-from edgeft.errors import ModelFileError, UsageError
+from edgeft.errors import ImageError, ModelFileError, UsageError
+from edgeft.targets import ArgumentError, DeviceError
+from edgeft.targets import Classifier as DeviceClassifier
+from edgeft.targets import ImageError as DeviceImageError
+
+Prediction = list[tuple[str, float]]
+
+__all__ = ["Classifier", "Prediction"]
 
 
-@dataclass
-class Classifier:
-    """An image classifier loaded in ai-edge-litert / tflite-runtime / tf.lite, or onnxruntime."""
-
-    path: Path
-    labels: tuple[str, ...]
-    input_size: tuple[int, int]
-    model: Any
+class Classifier(DeviceClassifier):
+    """An image classifier in ai-edge-litert / tflite-runtime / tf.lite, or onnxruntime (see the module doc)."""
 
     @classmethod
-    def load(cls, path: Path | str, threads: int = 1, labels: Path | str | None = None) -> "Classifier":
-        """Load a ``.tflite`` or ``.onnx`` model and its sidecar; ``labels`` may name a labels file (one per line)."""
-        path = Path(path)
-        if not path.is_file():
-            raise ModelFileError(f"model file not found: {path}")
+    def load(cls, path: Union[str, "os.PathLike[str]"], threads: int = 1,
+             labels: Union[str, "os.PathLike[str]", Sequence[str], None] = None,
+             scale: Any = None, offset: Any = None, channel_order: Optional[str] = None,
+             runtime: str = "auto", delegate: Optional[str] = None) -> "Classifier":
+        """Load a ``.tflite`` or ``.onnx`` model; raises ModelFileError or UsageError with one line."""
         try:
-            sidecar = device.read_sidecar(str(path)) or {}
-            model = device.Model(str(path), sidecar, threads)
-        except device.DeviceError as error:
+            return super().load(path, threads, labels, scale, offset, channel_order, runtime, delegate)  # type: ignore[return-value]
+        except ArgumentError as error:
+            raise UsageError(str(error)) from None
+        except DeviceError as error:
             raise ModelFileError(str(error)) from None
-        names: list[str] = list(sidecar.get("labels") or [])
-        if labels is not None:
-            names = [line.strip() for line in Path(labels).read_text("utf-8").splitlines() if line.strip()]
-        return cls(path, tuple(names), tuple(model.input_size), model)  # type: ignore[arg-type]
 
-    def scores(self, image: np.ndarray) -> np.ndarray:
-        """Real-valued scores (dequantized) for one uint8 (H, W, 3) image, resized if needed."""
-        image = np.asarray(image)
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-            raise UsageError(f"classify takes a uint8 (H, W, 3) RGB image, got {image.dtype} {image.shape}")
-        batch = device.resize_images(image[None], *self.input_size)
-        return self.model.predict(batch)[0]
-
-    def classify(self, image: np.ndarray, top_k: int = 5) -> list[tuple[str, float]]:
-        """The ``top_k`` (label, probability) pairs, best first (softmax applied if the outputs are not probabilities)."""
-        scores = self.scores(image).astype(np.float64)
-        if scores.min() < 0 or scores.max() > 1.0 or not 0.5 < scores.sum() < 1.5:
-            exp = np.exp(scores - scores.max())
-            scores = exp / exp.sum()
-        order = np.argsort(-scores)[:top_k]
-        return [(self.labels[i] if i < len(self.labels) else str(int(i)), float(scores[i])) for i in order]
+    def scores(self, image: Any) -> np.ndarray:
+        """Real-valued scores (float32, one per class) for a path, PIL image or uint8 array."""
+        try:
+            return super().scores(image)
+        except DeviceImageError as error:
+            raise ImageError(str(error)) from None
+        except DeviceError as error:
+            raise ModelFileError(str(error)) from None

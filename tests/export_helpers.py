@@ -141,3 +141,23 @@ def mobilenet_run(tmp_path_factory: Any) -> Path:
     if not MOBILENET_035_WEIGHTS.is_file():
         pytest.skip(f"needs {MOBILENET_035_WEIGHTS} (the shared offline assets are not present)")
     return session_run(tmp_path_factory, "mnv2-64", weights=MOBILENET_035_WEIGHTS, image_size=64, epochs=4)
+
+
+def session_export(tmp_path_factory: Any, run: Path, name: str = "int8-tflite-onnx") -> tuple[Path, dict[str, Any]]:
+    """Export ``run`` to float32 + int8 TFLite and ONNX once per pytest session (shared across modules)."""
+    import json
+
+    import pytest
+
+    from edgeft.export import ExportConfig, main_export
+
+    out = tmp_path_factory.getbasetemp() / f"export-{name}"
+    report_path = out / "export_report.json"
+    if report_path.is_file():
+        return out, json.loads(report_path.read_text("utf-8"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDGEFT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "edgeft-cache"))
+        config = ExportConfig.from_flags(run, out, formats=["tflite", "onnx"], int8=True, calib_size=24,
+                                         isolate=False, latency_runs=2, max_drop=100.0)
+        report = main_export(config)
+    return out, report

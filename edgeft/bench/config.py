@@ -40,6 +40,7 @@ class BenchConfig:
     eval_limit: int | None = None
     timeout_s: float = 1800.0
     ssh: SshOptions = SshOptions()
+    max_drop: float = 1.0  # accuracy points: the recommendation is the fastest within this of the best
 
 
 @dataclass(frozen=True)

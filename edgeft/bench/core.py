@@ -19,6 +19,7 @@ import numpy as np
 from edgeft import targets as device
 from edgeft.bench.config import BenchConfig
 from edgeft.bench.device_app import APP_NAME, device_app
+from edgeft.bench.recommend import artifact_labels
 from edgeft.bench.results import parse_result
 from edgeft.bench.targets import ResolvedTarget, resolve_targets
 from edgeft.errors import DatasetError, ModelFileError, TargetError, UsageError
@@ -144,11 +145,12 @@ def _stage(config: BenchConfig, artifacts: list[Path], workdir: Path) -> tuple[d
     files: dict[str, Path] = {APP_NAME: device_app()}
     models = []
     eval_files: dict[int, str] = {}
+    labels_of = artifact_labels(artifacts)
     for index, artifact in enumerate(artifacts):
         sidecar = read_sidecar(artifact)
         remote_name = f"m{index}_{artifact.name}"
         files[remote_name] = artifact
-        entry: dict[str, Any] = {"name": artifact.name, "file": remote_name, "sidecar": sidecar}
+        entry: dict[str, Any] = {"name": labels_of[index], "file": remote_name, "sidecar": sidecar}
         if config.eval_source is not None:
             size = model_input_size(artifact, sidecar)
             if size not in eval_files:

@@ -24,6 +24,10 @@
     targets          per target: device facts (doctor), temperatures before/after, error
     warnings         lines worth reading (shared cores, old runtimes)
     errors           {target: message} for targets that failed as a whole
+    recommendation   {target: {artifact, artifact_path, threads, p50_ms, accuracy, best_accuracy, max_drop_pts,
+                     reason}}: the fastest within --max-drop points of the most accurate (edgeft/bench/recommend.py)
+
+Artifacts with the same file name from different folders are named with their folder(s).
 """
 
 from __future__ import annotations
@@ -36,9 +40,10 @@ from typing import Any
 
 from edgeft import __version__
 from edgeft.bench.config import BenchConfig
-from edgeft.bench.results import csv_cell, plot_label
+from edgeft.bench.recommend import artifact_labels, recommend, recommendation_markdown
+from edgeft.bench.results import csv_cell
 from edgeft.bench.targets import ResolvedTarget
-from edgeft.fileio import atomic_path, write_json_atomic, write_text_atomic
+from edgeft.fileio import write_json_atomic, write_text_atomic
 
 SCHEMA_VERSION = 1
 COLUMNS = ("artifact", "target", "threads", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "throughput_ips",
@@ -60,7 +65,8 @@ def build_rows(targets: list[ResolvedTarget], artifacts: list[Path], results: di
         if len(names) > 1:
             warnings.append(f"targets {', '.join(names)} ran at the same time on the same host ({host}): "
                             "they share its cores, so their latencies skew each other")
-    paths = {p.name: str(p) for p in artifacts}
+    labels = artifact_labels(artifacts)
+    paths = dict(zip(labels, map(str, artifacts)))
     rows: list[dict[str, Any]] = []
     for target in targets:
         shared = [n for n in by_host[target.transport.host_id] if n != target.name]
@@ -69,8 +75,8 @@ def build_rows(targets: list[ResolvedTarget], artifacts: list[Path], results: di
                 "emulated": bool(getattr(target.transport, "emulated", False)), "shares_cores_with": shared}
         document = results.get(target.name)
         if document is None:
-            for artifact in artifacts:
-                rows.append(_row(dict(base, artifact=artifact.name, threads=None, error=errors.get(target.name)), paths))
+            for label in labels:
+                rows.append(_row(dict(base, artifact=label, threads=None, error=errors.get(target.name)), paths))
             continue
         throttled = document.get("throttled_during_run")
         for raw in document.get("rows", []):
@@ -81,7 +87,7 @@ def build_rows(targets: list[ResolvedTarget], artifacts: list[Path], results: di
 def _row(raw: dict[str, Any], paths: dict[str, str]) -> dict[str, Any]:
     row = {key: raw.get(key) for key in ROW_KEYS}
     row["artifact_path"] = paths.get(row["artifact"] or "", row["artifact"])
-    row["format"] = Path(row["artifact"] or "").suffix.lstrip(".") or None
+    row["format"] = Path(row["artifact_path"] or row["artifact"] or "").suffix.lstrip(".") or None
     for key, value in raw.items():
         if key not in row and key not in ("input_shape",):
             row[key] = value
@@ -133,10 +139,11 @@ def write_reports(config: BenchConfig, rows: list[dict[str, Any]], targets: list
         "warnings": warnings,
         "errors": errors,
     }
+    summary["recommendation"] = recommend(rows, config.max_drop)
     write_json_atomic(out / "bench.json", summary)
     write_text_atomic(out / "bench.csv", to_csv(rows))
-    write_text_atomic(out / "bench.md", to_markdown(rows, warnings))
-    plot_latency_accuracy(rows, out / "bench_latency_accuracy.png")
+    write_text_atomic(out / "bench.md", to_markdown(rows, warnings) + recommendation_markdown(summary["recommendation"]))
+    plot_latency_accuracy(rows, out / "bench_latency_accuracy.png", summary["recommendation"])
     return summary
 
 
@@ -179,41 +186,9 @@ def to_markdown(rows: list[dict[str, Any]], warnings: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_latency_accuracy(rows: list[dict[str, Any]], path: Path) -> None:
-    """Median latency (x, log) against accuracy (y) for every artifact and target; no accuracy -> y = 0 marked."""
-    import matplotlib
+def plot_latency_accuracy(rows: list[dict[str, Any]], path: Path,
+                          recommendation: dict[str, dict[str, Any]] | None = None) -> None:
+    """Median latency against accuracy per target (see :func:`edgeft.bench.recommend.plot_latency_accuracy`)."""
+    from edgeft.bench import recommend as chooser
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    measured = [r for r in rows if r.get("p50_ms") is not None]
-    targets = sorted({r["target"] for r in measured})
-    markers = "osD^v<>ph*"
-    for i, target in enumerate(targets):
-        points = [r for r in measured if r["target"] == target]
-        xs = [r["p50_ms"] for r in points]
-        ys = [r["accuracy"] if r.get("accuracy") is not None else 0.0 for r in points]
-        axes.scatter(xs, ys, marker=markers[i % len(markers)], label=plot_label(target))
-        for r, x, y in zip(points, xs, ys):
-            axes.annotate(plot_label(f"{r['artifact']} t{r['threads']}"), (x, y), fontsize=7, xytext=(3, 3),
-                          textcoords="offset points")
-        if any(r.get("emulated") for r in points):  # hollow and labelled: the emulator's latency, not a device's
-            emulated = axes.collections[-1]
-            emulated.set_facecolor("none")
-            emulated.set_edgecolor(f"C{i}")
-            emulated.set_label(f"{emulated.get_label()} (EMULATED: QEMU latency, not a device's)")
-    if measured:
-        axes.set_xscale("log")
-    axes.set_xlabel("median latency per image (ms, log scale)")
-    axes.set_ylabel("top-1 accuracy (0 = not measured)")
-    axes.set_title("edgeft bench: latency vs accuracy")
-    axes.grid(True, alpha=0.3)
-    if targets:
-        axes.legend(fontsize=8)
-    figure.tight_layout()
-    try:
-        with atomic_path(path) as temp:
-            figure.savefig(temp, format="png", dpi=110)
-    finally:
-        plt.close(figure)
+    chooser.plot_latency_accuracy(rows, path, recommendation)
