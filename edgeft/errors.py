@@ -95,3 +95,15 @@ class TargetError(EdgeftError):
     """A benchmark target is unknown, unreachable, or failed."""
 
     exit_code = 7
+
+
+class OutputLockedError(EdgeftError):
+    """Another edgeft process is writing the same output folder."""
+
+    exit_code = 2
+
+
+class OutputWriteError(EdgeftError):
+    """An output could not be written: disk full, read-only file system, or no permission."""
+
+    exit_code = 8
