@@ -1,0 +1,36 @@
+"""A user's mistakes and the environment's faults: one line, the right exit code, nothing lost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_edgeft
+
+
+def _tiny_class_folders(root: Path, classes: tuple[str, ...] = ("cats", "dogs"), per_class: int = 4) -> Path:
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--image-size", "0"], "--image-size 0 is too small for mobilenet_v2 (minimum 32)"),
+    (["--image-size", "10000"], "--image-size 10000 is above the largest size edgeft trains at (1024 px"),
+    (["--learning-rate", "-1"], "--learning-rate must be in (0, 1], got -1.0"),
+    (["--fine-tune-learning-rate", "0"], "--fine-tune-learning-rate must be in (0, 1], got 0.0"),
+    (["--val-split", "1.5"], "--val-split is a fraction in (0, 1), got 1.5"),
+])
+def test_out_of_range_options_are_refused_before_any_work(tmp_path: Path, options: list[str], message: str) -> None:
+    data = _tiny_class_folders(tmp_path / "photos")
+    result = run_edgeft("finetune", str(data), "--out", str(tmp_path / "run"), "--weights", "none", *options)
+    assert result.exit_code == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert not (tmp_path / "run").exists()
