@@ -34,3 +34,45 @@ def test_out_of_range_options_are_refused_before_any_work(tmp_path: Path, option
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert not (tmp_path / "run").exists()
+
+
+def test_train_and_test_folders_are_splits_not_classes(tmp_path: Path) -> None:
+    from edgeft.data.dataset import load_dataset
+
+    _tiny_class_folders(tmp_path / "data" / "train", per_class=5)
+    _tiny_class_folders(tmp_path / "data" / "test", per_class=2)
+    index, splits = load_dataset(tmp_path / "data", 32, val_split=0.2, seed=0)
+    assert index.class_names == ("cats", "dogs")
+    assert sorted(splits) == ["test", "train", "val"]
+    assert len(splits["test"].samples) == 4 and len(splits["train"].samples) + len(splits["val"].samples) == 10
+    assert all("/test/" in s.path for s in splits["test"].samples)
+    assert not any("/test/" in s.path for s in splits["val"].samples)
+
+
+def test_validation_folder_aliases(tmp_path: Path) -> None:
+    from edgeft.data.dataset import load_dataset
+
+    _tiny_class_folders(tmp_path / "data" / "train")
+    _tiny_class_folders(tmp_path / "data" / "validation", per_class=2)
+    index, splits = load_dataset(tmp_path / "data", 32)
+    assert index.class_names == ("cats", "dogs") and len(splits["val"].samples) == 4
+
+
+def test_a_layout_of_only_split_folders_is_refused(tmp_path: Path) -> None:
+    _tiny_class_folders(tmp_path / "data", classes=("train", "eval"))
+    result = run_edgeft("finetune", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--weights", "none",
+                        "--image-size", "32")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'data'} holds only split folders (eval, train); use DATA_DIR/<class>/ or "
+        "DATA_DIR/train/<class>/ with val/ or test/ beside train/"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_class_without_validation_images_is_named(tmp_path: Path) -> None:
+    from edgeft.data.dataset import load_dataset, missing_validation_classes
+
+    _tiny_class_folders(tmp_path / "data", classes=("cats", "dogs"), per_class=5)
+    _tiny_class_folders(tmp_path / "data", classes=("owls",), per_class=1)
+    index, splits = load_dataset(tmp_path / "data", 32, val_split=0.2, seed=0)
+    assert missing_validation_classes(index.class_names, splits) == ["owls"]
