@@ -82,15 +82,17 @@ def resolve_imagenet_weights(
             )
             return ResolvedWeights(alternative, "local-other-size", warning)
     keras_dir = search_dirs()[0]
-    if allow_download and os.environ.get("EDGEFT_OFFLINE", "") not in ("1", "true", "yes"):
+    offline = os.environ.get("EDGEFT_OFFLINE", "").lower() in ("1", "true", "yes")
+    why = "EDGEFT_OFFLINE is set, so no download was tried" if offline else "downloads are off"
+    if allow_download and not offline:
         target = keras_dir / wanted
         try:
             _download(spec.weights_url_dir + wanted, target)
             return ResolvedWeights(target, "download")
-        except (urllib.error.URLError, OSError, TimeoutError):
-            pass
+        except (urllib.error.URLError, OSError, TimeoutError) as error:
+            why = f"the download failed ({getattr(error, 'reason', None) or error})"
     raise WeightsNotFoundError(
-        f"ImageNet weights {wanted} not found locally and could not be downloaded; put the file in "
+        f"ImageNet weights {wanted} not found locally and {why}; put the file in "
         f"{keras_dir}/ or in $EDGEFT_WEIGHTS_DIR, or pass --weights PATH or --weights none"
     )
 
