@@ -107,3 +107,7 @@ class OutputWriteError(EdgeftError):
     """An output could not be written: disk full, read-only file system, or no permission."""
 
     exit_code = 8
+
+
+class WeightsFileError(UsageError):
+    """A ``--weights`` file that is not a Keras weight file, or whose shapes do not fit the backbone."""

@@ -76,3 +76,16 @@ def test_a_class_without_validation_images_is_named(tmp_path: Path) -> None:
     _tiny_class_folders(tmp_path / "data", classes=("owls",), per_class=1)
     index, splits = load_dataset(tmp_path / "data", 32, val_split=0.2, seed=0)
     assert missing_validation_classes(index.class_names, splits) == ["owls"]
+
+
+def test_weights_file_of_random_bytes_is_one_line(tmp_path: Path) -> None:
+    data = _tiny_class_folders(tmp_path / "photos")
+    junk = tmp_path / "weights.h5"
+    junk.write_bytes(np.random.default_rng(0).bytes(4096))
+    result = run_edgeft("finetune", str(data), "--out", str(tmp_path / "run"), "--weights", str(junk),
+                        "--alpha", "0.35", "--image-size", "32")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: --weights {junk} is not a Keras .h5 weight file (no HDF5 signature); "
+        "pass the backbone's ImageNet .h5 file, imagenet, or none"]
+    assert not (tmp_path / "run").exists()
