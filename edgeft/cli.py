@@ -384,22 +384,34 @@ def bundle(source: Path, target: str, out_dir: Path, artifact: str | None, from_
 # --------------------------------------------------------------------------- entry point
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the CLI, turning edgeft errors into one line and an exit code."""
+    from edgeft import interrupts
+    from edgeft.outputs import write_failure
+
+    interrupts.reset()
+    interrupts.handle_sigterm()
     try:
         cli.main(args=argv, prog_name="edgeft", standalone_mode=False)
     except EdgeftError as error:
         click.echo(f"error: {error.message}", err=True)
         sys.exit(error.exit_code)
-    except click.exceptions.Abort:
-        click.echo("error: interrupted; run again with --resume to continue where it stopped", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        click.echo("error: interrupted; run again with --resume to continue where it stopped", err=True)
-        sys.exit(130)
+    except click.exceptions.Abort as abort:  # click wraps KeyboardInterrupt (and so SIGTERM) in Abort
+        click.echo(f"error: {interrupts.advice()}", err=True)
+        cause = abort.__cause__
+        sys.exit(interrupts.exit_code(cause) if isinstance(cause, KeyboardInterrupt) else 130)
+    except KeyboardInterrupt as interrupt:
+        click.echo(f"error: {interrupts.advice()}", err=True)
+        sys.exit(interrupts.exit_code(interrupt))
     except click.ClickException as error:
         error.show()
         sys.exit(error.exit_code)
     except click.exceptions.Exit as exit_:
         sys.exit(exit_.exit_code)
+    except OSError as error:
+        failure = write_failure(error)
+        if failure is None:
+            raise
+        click.echo(f"error: {failure.message}", err=True)
+        sys.exit(failure.exit_code)
 
 
 if __name__ == "__main__":

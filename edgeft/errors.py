@@ -99,3 +99,19 @@ class TargetError(EdgeftError):
 
 class ImageError(UsageError):
     """An image that cannot be classified: unreadable or empty file, wrong array type or shape."""
+
+
+class OutputLockedError(EdgeftError):
+    """Another edgeft process is writing the same output folder."""
+
+    exit_code = 2
+
+
+class OutputWriteError(EdgeftError):
+    """An output could not be written: disk full, read-only file system, or no permission."""
+
+    exit_code = 8
+
+
+class WeightsFileError(UsageError):
+    """A ``--weights`` file that is not a Keras weight file, or whose shapes do not fit the backbone."""

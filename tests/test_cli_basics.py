@@ -59,7 +59,8 @@ def test_offline_imagenet_weights_error_names_the_file(tmp_path: Path) -> None:
     assert result.exit_code == 3
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("error: ImageNet weights mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5 "
-                           "not found locally and could not be downloaded; put the file in " + str(keras_home / "models"))
+                           "not found locally and EDGEFT_OFFLINE is set, so no download was tried; put the file in "
+                           + str(keras_home / "models"))
 
 
 def test_evaluate_missing_run_dir(tmp_path: Path) -> None:

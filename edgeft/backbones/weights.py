@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeft.backbones.registry import BackboneSpec
-from edgeft.errors import WeightsNotFoundError
+from edgeft.errors import WeightsFileError, WeightsNotFoundError
 
 DOWNLOAD_TIMEOUT_S = 15.0
 
@@ -82,15 +82,17 @@ def resolve_imagenet_weights(
             )
             return ResolvedWeights(alternative, "local-other-size", warning)
     keras_dir = search_dirs()[0]
-    if allow_download and os.environ.get("EDGEFT_OFFLINE", "") not in ("1", "true", "yes"):
+    offline = os.environ.get("EDGEFT_OFFLINE", "").lower() in ("1", "true", "yes")
+    why = "EDGEFT_OFFLINE is set, so no download was tried" if offline else "downloads are off"
+    if allow_download and not offline:
         target = keras_dir / wanted
         try:
             _download(spec.weights_url_dir + wanted, target)
             return ResolvedWeights(target, "download")
-        except (urllib.error.URLError, OSError, TimeoutError):
-            pass
+        except (urllib.error.URLError, OSError, TimeoutError) as error:
+            why = f"the download failed ({getattr(error, 'reason', None) or error})"
     raise WeightsNotFoundError(
-        f"ImageNet weights {wanted} not found locally and could not be downloaded; put the file in "
+        f"ImageNet weights {wanted} not found locally and {why}; put the file in "
         f"{keras_dir}/ or in $EDGEFT_WEIGHTS_DIR, or pass --weights PATH or --weights none"
     )
 
@@ -101,4 +103,27 @@ def resolve_weights(spec: BackboneSpec, weights: str, alpha: float | None, image
         return ResolvedWeights(None, "none")
     if weights == "imagenet":
         return resolve_imagenet_weights(spec, alpha, image_size)
-    return ResolvedWeights(Path(weights), "file")
+    return ResolvedWeights(check_weights_file(Path(weights)), "file")
+
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def check_weights_file(path: Path) -> Path:
+    """Refuse a ``--weights`` file that is not HDF5 before TensorFlow is started on it.
+
+    HDF5 allows a user block before the signature, so it may sit at offset 0, 512, 1024, 2048, ...
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            offset = 0
+            while offset + len(_HDF5_SIGNATURE) <= size:
+                handle.seek(offset)
+                if handle.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE:
+                    return path
+                offset = 512 if offset == 0 else offset * 2
+    except OSError as error:
+        raise WeightsFileError(f"--weights {path}: cannot read it ({error.strerror or error})") from None
+    raise WeightsFileError(f"--weights {path} is not a Keras .h5 weight file (no HDF5 signature); "
+                           "pass the backbone's ImageNet .h5 file, imagenet, or none")

@@ -1,9 +1,10 @@
 """Class-folder datasets: discovery, decoding with a cache, skipped-file report, stratified split.
 
-Two layouts are accepted::
+Three layouts are accepted::
 
     DATA_DIR/<class>/*.jpg                      split into train/val with --val-split
-    DATA_DIR/{train,val[,test]}/<class>/*.jpg   used as given
+    DATA_DIR/{train,val[,test]}/<class>/*.jpg   used as given (val/ may be valid/ or validation/)
+    DATA_DIR/{train,test}/<class>/*.jpg         val carved from train/ with --val-split; test/ kept
 """
 
 from __future__ import annotations
@@ -187,6 +188,44 @@ def _stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[n
     return np.array(sorted(train_idx), dtype=np.int64), np.array(sorted(val_idx), dtype=np.int64)
 
 
+VALIDATION_FOLDER_NAMES = ("val", "valid", "validation")
+_SPLIT_LIKE = {"train", "training", "test", "testing", "eval", "evaluation", *VALIDATION_FOLDER_NAMES}
+
+
+def _split_folders(root: Path) -> dict[str, Path]:
+    """``{"train": ..., "val": ..., "test": ...}`` for a split layout, ``{}`` for plain class folders.
+
+    ``train/`` with ``val/``, ``valid/`` or ``validation/`` is used as given; ``train/`` with only
+    ``test/`` keeps ``test/`` for the final evaluation and carves the validation split from ``train/``.
+    A folder whose every subfolder is named like a split (``train/`` alone, ``train/`` + ``eval/``...)
+    is refused: training on it would learn to tell the split folders apart.
+    """
+    subfolders = {d.name.lower(): d for d in _class_dirs(root)}
+    found: dict[str, Path] = {}
+    if "train" in subfolders:
+        found["train"] = subfolders["train"]
+        validation = [subfolders[name] for name in VALIDATION_FOLDER_NAMES if name in subfolders]
+        if len(validation) > 1:
+            raise DatasetError(f"{root} has more than one validation folder "
+                               f"({', '.join(d.name for d in validation)}); keep one")
+        if validation:
+            found["val"] = validation[0]
+        if "test" in subfolders:
+            found["test"] = subfolders["test"]
+    if len(found) >= 2:
+        return found
+    if subfolders and set(subfolders) <= _SPLIT_LIKE:
+        raise DatasetError(f"{root} holds only split folders ({', '.join(sorted(d.name for d in subfolders.values()))}); "
+                           "use DATA_DIR/<class>/ or DATA_DIR/train/<class>/ with val/ or test/ beside train/")
+    return {}
+
+
+def missing_validation_classes(class_names: tuple[str, ...], splits: dict[str, LoadedSplit]) -> list[str]:
+    """Names of the classes with no image in the validation split (their accuracy cannot be measured)."""
+    present = set(splits["val"].labels.tolist())
+    return [name for label, name in enumerate(class_names) if label not in present]
+
+
 def load_dataset(
     data_dir: Path, image_size: int, val_split: float = 0.2, seed: int = 0
 ) -> tuple[DatasetIndex, dict[str, LoadedSplit]]:
@@ -200,10 +239,11 @@ def load_dataset(
         raise DatasetError(f"data directory not found: {data_dir}")
     if not 0.0 < val_split < 1.0:
         raise UsageError(f"--val-split must be between 0 and 1, got {val_split}")
-    has_split_folders = (root / "train").is_dir() and (root / "val").is_dir()
-    layout = "split_folders" if has_split_folders else "class_folders"
-    source_splits = [s for s in SPLIT_NAMES if (root / s).is_dir()] if has_split_folders else ["all"]
-    class_root = root / "train" if has_split_folders else root
+    folders = _split_folders(root)
+    has_split_folders = "val" in folders
+    layout = "split_folders" if folders else "class_folders"
+    source_splits = list(folders) if folders else ["all"]
+    class_root = folders["train"] if folders else root
     class_names = tuple(d.name for d in _class_dirs(class_root))
     if len(class_names) < 2:
         raise DatasetError(
@@ -213,7 +253,7 @@ def load_dataset(
 
     listed: dict[str, list[tuple[Path, int]]] = {}
     for split in source_splits:
-        split_root = root if split == "all" else root / split
+        split_root = root if split == "all" else folders[split]
         entries: list[tuple[Path, int]] = []
         for label, name in enumerate(class_names):
             folder = split_root / name
@@ -241,17 +281,18 @@ def load_dataset(
         samples = tuple(Sample(str(entries[i][0]), int(entries[i][1])) for i in keep)
         decoded[split] = LoadedSplit(samples, images[keep], labels)
 
-    training = decoded["train" if has_split_folders else "all"]
+    training = decoded["train" if folders else "all"]
     present = set(training.labels.tolist())
     for label, name in enumerate(class_names):
         if label not in present:
             raise DatasetError(f"class '{name}' has no usable image in {class_root / name}")
 
-    if not has_split_folders:
+    if not has_split_folders:  # carve val from the training images; a test/ split stays for the final evaluation
         train_idx, val_idx = _stratified_split(training.labels, val_split, seed)
-        decoded = {"train": _subset(training, train_idx), "val": _subset(training, val_idx)}
+        carved = {"train": _subset(training, train_idx), "val": _subset(training, val_idx)}
+        decoded = dict(carved, **{k: v for k, v in decoded.items() if k == "test"})
     if len(decoded["val"].samples) == 0:
-        raise DatasetError(f"no usable validation image in {root / 'val' if has_split_folders else root}")
+        raise DatasetError(f"no usable validation image in {folders['val'] if has_split_folders else class_root}")
 
     index = DatasetIndex(root, layout, class_names, tuple(skipped), content_hash)
     return index, decoded

@@ -2,7 +2,8 @@
 
 Images are decoded and resized one at a time, and JPEGs are decoded at reduced scale
 (PIL's draft mode) when far larger than the target, so a 10000x10000 photo costs
-little memory. EXIF orientation is applied; grayscale, palette, CMYK and RGBA become RGB.
+little memory. EXIF orientation is applied; grayscale, palette, CMYK and RGBA become RGB;
+16-bit, 32-bit integer and float images are scaled onto 0..255.
 """
 
 from __future__ import annotations
@@ -37,6 +38,33 @@ class ImageDecodeError(Exception):
         self.detail = detail
 
 
+def _to_8bit(image: "PIL.Image.Image") -> "PIL.Image.Image":
+    """Map 16-bit, 32-bit integer and float pixels onto 0..255 (Pillow's own conversion clips them).
+
+    Pillow converts an ``I;16`` pixel of 40000 to 255, so a 16-bit photo would decode all white.
+    Integer data is scaled by the range its values use (8, 16 bit or its maximum); float data in 0..1
+    is taken as a fraction of full scale.
+    """
+    from PIL import Image
+
+    if not (image.mode.startswith("I") or image.mode == "F"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    if image.mode == "F" and low >= 0.0 and high <= 1.0:
+        scale = 255.0
+    elif low >= 0.0 and high <= 255.0 and not image.mode.startswith("I;16"):
+        scale = 1.0
+    elif low >= 0.0 and high <= 65535.0:
+        scale = 255.0 / 65535.0
+    else:
+        values = values - low
+        scale = 255.0 / (high - low) if high > low else 1.0
+    pixels = np.clip(np.nan_to_num(values * scale), 0, 255).round().astype(np.uint8)
+    return Image.fromarray(pixels, mode="L")
+
+
 def decode_image(path: Path, size: int) -> np.ndarray:
     """Decode ``path`` to a ``(size, size, 3)`` uint8 RGB array, or raise :class:`ImageDecodeError`."""
     from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -63,7 +91,7 @@ def decode_image(path: Path, size: int) -> np.ndarray:
                     rgba = image.convert("RGBA")
                     background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                     image = Image.alpha_composite(background, rgba)
-                image = image.convert("RGB")
+                image = _to_8bit(image).convert("RGB")
                 image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
                 return np.asarray(image, dtype=np.uint8).copy()
     except ImageDecodeError:

@@ -35,23 +35,34 @@ def plot_history(rows: list[dict[str, Any]], path: Path) -> None:
         figure.savefig(temp, format="png", dpi=100)
 
 
+# Above these class counts a cell's count (and then its name) is unreadable and only costs drawing time:
+# 200 classes with per-cell text took about a minute to draw.
+CELL_TEXT_MAX_CLASSES = 30
+TICK_LABELS_MAX_CLASSES = 60
+
+
 def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: Path, title: str) -> None:
-    """The confusion matrix as a heat map with counts."""
+    """The confusion matrix as a heat map; counts in the cells and class names on the axes while readable."""
     import numpy as np
 
     data = np.asarray(matrix)
-    size = max(4.0, 0.5 * len(class_names) + 2)
+    classes = len(class_names)
+    size = min(16.0, max(4.0, 0.5 * classes + 2))
     figure = _figure(size, size)
     axis = figure.subplots()
-    axis.imshow(data, cmap="Blues")
-    axis.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
-    axis.set_yticks(range(len(class_names)), class_names)
-    axis.set_xlabel("predicted")
-    axis.set_ylabel("true")
+    axis.imshow(data, cmap="Blues", interpolation="nearest")
+    if classes <= TICK_LABELS_MAX_CLASSES:
+        font = 10 if classes <= CELL_TEXT_MAX_CLASSES else 6
+        axis.set_xticks(range(classes), class_names, rotation=45, ha="right", fontsize=font)
+        axis.set_yticks(range(classes), class_names, fontsize=font)
+    axis.set_xlabel("predicted" if classes <= TICK_LABELS_MAX_CLASSES else "predicted (class index)")
+    axis.set_ylabel("true" if classes <= TICK_LABELS_MAX_CLASSES else "true (class index)")
     axis.set_title(title)
-    threshold = data.max() / 2 if data.size else 0
-    for (row, column), value in np.ndenumerate(data):
-        axis.text(column, row, str(value), ha="center", va="center", color="white" if value > threshold else "black")
+    if classes <= CELL_TEXT_MAX_CLASSES:
+        threshold = data.max() / 2 if data.size else 0
+        for (row, column), value in np.ndenumerate(data):
+            axis.text(column, row, str(value), ha="center", va="center",
+                      color="white" if value > threshold else "black")
     figure.tight_layout()
     with atomic_path(path) as temp:
         figure.savefig(temp, format="png", dpi=100)

@@ -11,6 +11,10 @@ from edgeft.backbones import get_backbone
 from edgeft.errors import UsageError
 
 
+# Decoded images are held in memory (size^2 x 3 bytes each) and activations grow with size^2: beyond this a
+# CPU host runs out of memory long before accuracy improves.
+MAX_IMAGE_SIZE = 1024
+
 class Strategy(str, Enum):
     """The three regimes of transfer learning."""
 
@@ -111,7 +115,10 @@ class FinetuneConfig:
     ) -> "FinetuneConfig":
         """Fill defaults and reject impossible combinations with a one-line :class:`UsageError`."""
         spec = get_backbone(backbone)
-        size = image_size or spec.default_size
+        size = spec.default_size if image_size is None else image_size
+        if size > MAX_IMAGE_SIZE:
+            raise UsageError(f"--image-size {size} is above the largest size edgeft trains at ({MAX_IMAGE_SIZE} px; "
+                             f"{spec.name} was trained on ImageNet at {spec.default_size} px)")
         alpha = spec.check(alpha, size)
         weights = weights.strip()
         if weights.lower() in ("imagenet", "none"):
@@ -134,6 +141,13 @@ class FinetuneConfig:
         for name, value in (("--epochs", epochs), ("--fine-tune-epochs", fine_tune_epochs)):
             if value is not None and value < 0:
                 raise UsageError(f"{name} must be >= 0, got {value}")
+        for name, rate in (("--learning-rate", learning_rate), ("--fine-tune-learning-rate", fine_tune_learning_rate)):
+            if rate is not None and not (0.0 < rate <= 1.0):
+                raise UsageError(f"{name} must be in (0, 1], got {rate}")
+        if not 0.0 < val_split < 1.0:
+            raise UsageError(f"--val-split is a fraction in (0, 1), got {val_split}")
+        if patience < 0:
+            raise UsageError(f"--patience must be >= 0 (0 turns early stopping off), got {patience}")
         if batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
         if not 0.0 <= dropout < 1.0:
