@@ -190,10 +190,25 @@ def tflite_int8_keep_float(model: Any, image_size: int, calibration: np.ndarray,
     converter = int8_converter(model, image_size, calibration, preprocess, io_dtype)
     debugger = _debugger(converter, calibration[:1], preprocess, keep_float)
     try:
-        return bytes(debugger.get_nondebug_quantized_model())
+        data = bytes(debugger.get_nondebug_quantized_model())
     except Exception as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         raise ExportError(f"TFLite int8 conversion with float layers failed: {first}") from None
+    if io_dtype == "float32":
+        return data
+    # The debugger always writes float I/O; edgeft's int8 models take and give uint8/int8.
+    from tensorflow.lite.python.util import modify_model_io_type
+
+    from edgeft.tfcompat import tf
+
+    io_type = {"uint8": tf().uint8, "int8": tf().int8}[io_dtype]
+    # a float layer at the output end leaves no DEQUANTIZE to strip: then the output stays float
+    for output_type in (io_type, tf().float32):
+        try:
+            return bytes(modify_model_io_type(data, io_type, output_type))
+        except (ValueError, RuntimeError):
+            continue
+    return data
 
 
 # --------------------------------------------------------------------------- ONNX
