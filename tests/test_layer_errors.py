@@ -21,11 +21,7 @@ def _preprocess(pixels: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def tiny_model() -> Any:
-    """Conv-BN-ReLU6 -> depthwise-BN-ReLU6 -> pool -> dense, with one first-layer channel 50x larger than the rest.
-
-    The outlier channel widens the first activation's range so its quantization step is coarse: that
-    layer must rank among the worst.
-    """
+    """Conv-BN -> depthwise-BN-ReLU6 -> pool -> dense, with one first-layer channel 50x larger than the rest."""
     from edgeft.tfcompat import keras, tf
 
     k = keras()
@@ -67,13 +63,15 @@ def test_parse_statistics_ranks_rmse_per_scale() -> None:
 
 
 def test_advice_never_sends_a_qat_run_to_qat() -> None:
-    layer = le.LayerError("block_1/relu", "CONV_2D", 3.0, le.ErrorMetric.RMSE_PER_SCALE, 0.02)
+    layer = le.LayerError("m/block_1_relu/Relu6;m/block_1/Conv2D", "CONV_2D", 3.0, le.ErrorMetric.RMSE_PER_SCALE, 0.02)
     report = le.LayerErrorReport("model_int8.onnx", "onnx", le.ErrorMetric.RMSE_PER_SCALE, "x", 4, (layer,))
     qat = le.advice(report, "qat")
     assert "qat" not in qat.replace("QAT model", "").replace("QAT ranges", "").replace("train QAT", "").lower()
     assert "quantization-aware" not in qat
     assert "edgeft qat" in le.advice(report, "ptq")
-    assert "--keep-float block_1/relu" in le.advice(report, "ptq")
+    assert "--keep-float block_1_relu" in le.advice(report, "ptq")
+    assert le.keras_layers(layer.name) == ["block_1_relu", "block_1"]
+    assert "block_1_relu 3.00" in le.summary_line(report)
     assert "--keep-float" not in le.advice(report, "ptq", edgetpu=True)
 
 
@@ -83,8 +81,10 @@ def test_tflite_layer_errors_find_the_wide_layer(tiny_model: Any, pixels: np.nda
     assert len(report.layers) >= 3
     values = [layer.value for layer in report.layers if math.isfinite(layer.value)]
     assert values == sorted(values, reverse=True)
-    worst = report.top(2)
-    assert any("conv" in layer.name.lower() and "dw" not in layer.name.lower() for layer in worst), worst
+    names = " ".join(layer.name for layer in report.layers)
+    assert "/dw" in names and "/predictions" in names
+    # per-layer rounding alone gives RMSE/scale ~ 1/sqrt(12) = 0.29; no layer can do much better than that
+    assert all(v > 0.1 for v in values) and values[0] >= 0.25
     path = le.write_layer_errors(report, tmp_path)
     data = json.loads(path.read_text("utf-8"))
     assert data["schema"] == le.SCHEMA and data["metric"] == "rmse_per_scale"

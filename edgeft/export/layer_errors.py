@@ -283,6 +283,30 @@ def onnx_nodes_for_tensors(float_path: Path, tensors: Sequence[str]) -> list[str
     return [node.name for node in model.graph.node if wanted & set(node.output)]
 
 
+def keras_layers(tensor_name: str) -> list[str]:
+    """Keras layer names in a TFLite tensor name (``model/block_1_depthwise_relu/Relu6;model/...``)."""
+    layers = []
+    for part in tensor_name.split(";"):
+        pieces = part.split("/")
+        if len(pieces) >= 3 and pieces[1] not in layers:
+            layers.append(pieces[1])
+    return layers
+
+
+def onnx_nodes_for_layers(onnx_path: Path, layers: Sequence[str]) -> list[str]:
+    """Names of the ONNX nodes tf2onnx made from the Keras ``layers`` (for ``nodes_to_exclude``)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    wanted = tuple(f"/{layer}/" for layer in layers)
+    return [node.name for node in model.graph.node if any(w in node.name for w in wanted)]
+
+
+def auto_keep_float(report: LayerErrorReport, count: int = 3) -> list[str]:
+    """``--keep-float auto``: the ``count`` layers that add the most error (TFLite tensor names)."""
+    return [layer.name for layer in report.top(count)]
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -295,12 +319,18 @@ def write_layer_errors(report: LayerErrorReport, export_dir: Path) -> Path:
     return path
 
 
+def short_name(tensor_name: str) -> str:
+    """The first Keras layer named in a tensor name (the activation that ends a fused op), else the name."""
+    layers = keras_layers(tensor_name)
+    return layers[0] if layers else tensor_name
+
+
 def advice(report: LayerErrorReport, source: str, edgetpu: bool = False) -> str:
     """One sentence of what to try next for an int8 artifact that failed ``--max-drop``.
 
     ``source`` is ``"ptq"`` or ``"qat"``: a QAT artifact is never told to "use QAT".
     """
-    names = ",".join(layer.name for layer in report.top(2))
+    names = ",".join(short_name(layer.name) for layer in report.top(2))
     keep = "" if edgetpu else f"keep the worst layers in float (--keep-float {names}); "
     if source == "qat":
         onnx = ("for ONNX, build the QDQ model from the QAT model's own ranges instead of the int8 TFLite; "
@@ -322,5 +352,5 @@ def summarize(report: LayerErrorReport, source: str, edgetpu: bool = False, coun
 def summary_line(report: LayerErrorReport, count: int = 5) -> str:
     """The worst layers on one line, for the one-line error of a failing export."""
     unit = "RMSE/scale" if report.metric == ErrorMetric.RMSE_PER_SCALE else "SQNR dB"
-    parts = [f"{layer.name} {layer.value:.2f}" for layer in report.top(count)]
+    parts = [f"{short_name(layer.name)} {layer.value:.2f}" for layer in report.top(count)]
     return f"worst layers ({unit}): " + ", ".join(parts)
