@@ -113,6 +113,19 @@ def test_qdq_onnx_carries_the_qat_scales(models: tuple[Any, Any, np.ndarray], tm
     assert np.max(np.abs(outputs - reference)) < 0.15
 
 
+def test_float_model_gets_the_weights_of_a_saved_qat_model(models: tuple[Any, Any, np.ndarray],
+                                                           tmp_path: Path) -> None:
+    from edgeft.export.onnx_qat import float_model_with_qat_weights
+    from edgeft.tfcompat import load_keras_model
+
+    float_model, qat, pixels = models
+    qat.save(str(tmp_path / "qat.h5"), save_format="h5")
+    loaded = load_keras_model(tmp_path / "qat.h5")
+    copy = float_model_with_qat_weights(loaded, float_model)
+    np.testing.assert_allclose(np.asarray(copy(_pre(pixels[:4]))),
+                               np.asarray(float_model_with_qat_weights(qat, float_model)(_pre(pixels[:4]))), atol=1e-6)
+
+
 def test_float_model_gets_the_qat_weights(models: tuple[Any, Any, np.ndarray]) -> None:
     from edgeft.errors import QuantizationError
     from edgeft.export.onnx_qat import float_model_with_qat_weights

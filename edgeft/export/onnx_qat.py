@@ -92,9 +92,11 @@ def float_model_with_qat_weights(qat_model: Any, float_model: Any) -> Any:
         target = copy.get_layer(inner.name)
         values = []
         for variable in target.weights:
-            key = f"{inner.name}/{variable.name.split(':')[0].split('/')[-1]}"
-            if key not in trained:
-                raise QuantizationError(f"QAT layer '{inner.name}' has no weight '{key}'")
+            suffix = variable.name.split(":")[0].split("/")[-1]
+            # built in memory the variables carry the inner layer's name; loaded from a file, the wrapper's
+            key = next((k for k in (f"{inner.name}/{suffix}", f"{layer.name}/{suffix}") if k in trained), None)
+            if key is None:
+                raise QuantizationError(f"QAT layer '{inner.name}' has no weight '{suffix}'")
             values.append(np.asarray(trained[key]))
         target.set_weights(values)
         copied += 1
