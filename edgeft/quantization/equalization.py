@@ -74,9 +74,8 @@ def output_channel_ranges(kernel: np.ndarray, depthwise: bool) -> np.ndarray:
 
 
 def input_channel_ranges(kernel: np.ndarray, depthwise: bool) -> np.ndarray:
-    """max|w| per input channel (for a depthwise kernel input and output channel are the same)."""
-    if depthwise:
-        return np.max(np.abs(kernel), axis=(0, 1, 3))
+    """max|w| per input channel (axis 2 in both layouts; for a depthwise kernel it is also the output channel)."""
+    del depthwise  # same axis for both layouts; kept for symmetry with output_channel_ranges
     return np.max(np.abs(kernel), axis=(0, 1, 3))
 
 

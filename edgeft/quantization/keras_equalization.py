@@ -173,9 +173,8 @@ def equalize_keras_model(model: Any, pixels: np.ndarray, preprocess: Callable[[n
             limit = _relu_limit(copy.get_layer(pair.activation))
             scales = eq.equalization_scales(r1, r2, stats[pair.first_bn]["max"], limit if limit else None, margin)
             _set_bn(copy.get_layer(pair.first_bn), first_bn.scaled(1.0 / scales.astype(np.float64)))
-            shape = (1, 1, -1, 1) if second_depthwise else (1, 1, -1, 1)
-            weights = second.get_weights()
-            weights[0] = (kernel2 * scales.reshape(shape)).astype(np.float32)
+            weights = second.get_weights()  # input channels are axis 2 of both kernel layouts
+            weights[0] = (kernel2 * scales.reshape(1, 1, -1, 1)).astype(np.float32)
             second.set_weights(weights)
             scaled += int(np.sum(scales != 1.0))
             smallest, largest = min(smallest, float(scales.min())), max(largest, float(scales.max()))
