@@ -47,8 +47,8 @@ def _downscaled_copy(source: Path, target: Path, size: int = 128) -> Path:
 
 
 @pytest.fixture(scope="module", params=["hymenoptera-224", "hymenoptera-128", "digits-32"])
-def runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(float run, QAT run) for one evaluation set."""
+def float_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The float run for one evaluation set."""
     root = tmp_path_factory.mktemp(request.param)
     if request.param.startswith("hymenoptera"):
         for path in (HYMENOPTERA, MOBILENET_035_WEIGHTS):
@@ -66,8 +66,14 @@ def runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         options = ["--backbone", "mobilenet_v2", "--alpha", "0.35", "--image-size", "32", "--weights", "none",
                    "--strategy", "full", "--epochs", "30", "--learning-rate", "2e-3", "--patience", "4"]
     _cli("finetune", str(data), *options, "--out", str(root / "run"))
-    _cli("qat", str(root / "run"), "--out", str(root / "qat"))
-    return root / "run", root / "qat"
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def qat_run(float_run: Path) -> Path:
+    """The QAT run made from :func:`float_run` (``edgeft qat`` defaults)."""
+    _cli("qat", str(float_run), "--out", str(float_run.parent / "qat"))
+    return float_run.parent / "qat"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -155,10 +161,10 @@ def _setup(run: Path) -> tuple[Any, Any, np.ndarray, np.ndarray, np.ndarray, np.
 
 
 @pytest.mark.slow
-def test_ptq_int8_keeps_float_accuracy(runs: tuple[Path, Path], tmp_path: Path) -> None:
+def test_ptq_int8_keeps_float_accuracy(float_run: Path, tmp_path: Path) -> None:
     from edgeft.export.parity import OnnxRunner, TFLiteRunner
 
-    manifest, model, calibration, inputs, labels, probs = _setup(runs[0])
+    manifest, model, calibration, inputs, labels, probs = _setup(float_run)
     keras_accuracy = float(np.mean(probs.argmax(1) == labels))
     tflite = tmp_path / "int8.tflite"
     tflite.write_bytes(ptq_tflite(model, manifest.image_size, calibration, manifest.preprocessing.apply))
@@ -175,13 +181,13 @@ def test_ptq_int8_keeps_float_accuracy(runs: tuple[Path, Path], tmp_path: Path) 
     "QAT ONNX misses agreement >= 0.97 on one set or another by one or two images (QAT-range QDQ, uint8 weights: "
     "0.967 hymenoptera-224, 0.961 hymenoptera-128; the route through the int8 TFLite model loses 1.3 points on "
     "hymenoptera-224); TFLite QAT meets both goals on all three sets"))
-def test_qat_int8_keeps_qat_accuracy(runs: tuple[Path, Path], tmp_path: Path) -> None:
+def test_qat_int8_keeps_qat_accuracy(float_run: Path, qat_run: Path, tmp_path: Path) -> None:
     from edgeft.export import layer_errors as le
     from edgeft.export.parity import OnnxRunner, TFLiteRunner
     from edgeft.tfcompat import load_keras_model
 
-    manifest, qat_model, calibration, inputs, labels, probs = _setup(runs[1])
-    float_model = load_keras_model(runs[0] / "model.keras")
+    manifest, qat_model, calibration, inputs, labels, probs = _setup(qat_run)
+    float_model = load_keras_model(float_run / "model.keras")
     keras_accuracy = float(np.mean(probs.argmax(1) == labels))
     tflite = tmp_path / "qat_int8.tflite"
     tflite.write_bytes(le.int8_converter(qat_model, manifest.image_size, calibration,
