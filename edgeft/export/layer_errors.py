@@ -1,0 +1,356 @@
+"""Per-layer quantization error of an int8 artifact, and advice that fits the run it came from.
+
+- TFLite: ``tf.lite.experimental.QuantizationDebugger`` runs the int8 model with each op's
+  float twin fed the same dequantized inputs, so a layer's error is the error that layer adds,
+  not the error it inherits. The figure of merit is RMSE / scale (RMSE in units of the layer's
+  quantization step: 0.29 is the rounding floor of a well-used range; larger means clipping
+  or a range too wide for the values that matter).
+- ONNX: ``onnxruntime.quantization.qdq_loss_debug`` compares each activation before its
+  QuantizeLinear and after its DequantizeLinear in the QDQ model (the noise that tensor's own
+  quantization adds, as a signal-to-quantization-noise ratio in dB; lower is worse) and, when
+  the float model is given, against the float model's tensor (the accumulated error).
+
+:func:`write_layer_errors` writes ``<artifact>.layer_errors.json`` next to the artifact;
+:func:`summarize` gives the top layers and advice for the export report when an artifact fails
+``--max-drop``. The same TFLite debugger also builds the int8 model with chosen layers kept in
+float (:func:`tflite_int8_keep_float`), for targets that run float ops on the CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import tempfile
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from edgeft.errors import ExportError, UsageError
+
+SCHEMA = "edgeft.layer_errors/1"
+
+
+class ErrorMetric(str, Enum):
+    """How layers are ranked: larger is worse for RMSE/scale, smaller is worse for SQNR."""
+
+    RMSE_PER_SCALE = "rmse_per_scale"
+    SQNR_DB = "sqnr_db"
+
+
+@dataclass(frozen=True)
+class LayerError:
+    """The quantization error one layer (one quantized tensor) adds."""
+
+    name: str
+    op: str
+    value: float
+    metric: ErrorMetric
+    scale: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"name": self.name, "op": self.op, self.metric.value: _finite(self.value),
+                "scale": _finite(self.scale), **{k: _finite(v) for k, v in self.extra.items()}}
+
+
+@dataclass(frozen=True)
+class LayerErrorReport:
+    """Every layer's error for one int8 artifact, worst first."""
+
+    artifact: str
+    format: str
+    metric: ErrorMetric
+    method: str
+    samples: int
+    layers: tuple[LayerError, ...]
+
+    def top(self, count: int = 5) -> tuple[LayerError, ...]:
+        """The ``count`` layers that add the most error."""
+        return self.layers[:count]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (schema ``edgeft.layer_errors/1``)."""
+        return {"schema": SCHEMA, "artifact": self.artifact, "format": self.format, "metric": self.metric.value,
+                "method": self.method, "samples": self.samples, "layers": [layer.to_dict() for layer in self.layers]}
+
+
+def _finite(value: float | None) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return round(float(value), 6)
+
+
+def _ranked(layers: Sequence[LayerError], metric: ErrorMetric) -> tuple[LayerError, ...]:
+    def key(layer: LayerError) -> float:
+        value = layer.value if math.isfinite(layer.value) else (math.inf if metric == ErrorMetric.SQNR_DB else -math.inf)
+        return -value if metric == ErrorMetric.RMSE_PER_SCALE else value
+
+    return tuple(sorted(layers, key=key))
+
+
+# --------------------------------------------------------------------------- TFLite
+
+
+def parse_tflite_layer_statistics(text: str) -> list[LayerError]:
+    """Parse ``QuantizationDebugger.layer_statistics_dump`` CSV into :class:`LayerError` rows."""
+    rows = []
+    for row in csv.DictReader(io.StringIO(text)):
+        try:
+            scale = float(row["scale"])
+            mse = float(row["mean_squared_error"])
+        except (KeyError, ValueError):
+            continue
+        rmse = math.sqrt(max(mse, 0.0))
+        value = rmse / scale if scale > 0 else math.nan
+        extra = {"rmse": rmse, "max_abs_error": float(row.get("max_abs_error") or "nan"),
+                 "range": 255.0 * scale}
+        rows.append(LayerError(name=row.get("tensor_name", ""), op=row.get("op_name", ""), value=value,
+                               metric=ErrorMetric.RMSE_PER_SCALE, scale=scale, extra=extra))
+    return rows
+
+
+def int8_converter(model: Any, image_size: int, pixels: np.ndarray, preprocess: Callable[[np.ndarray], np.ndarray],
+                   io_dtype: str = "uint8") -> Any:
+    """A full-integer TFLite converter for ``model`` (batch-1 static shape, as edgeft exports it)."""
+    from edgeft.tfcompat import tf
+
+    tfm = tf()
+    function = tfm.function(lambda image: model(image, training=False))
+    concrete = function.get_concrete_function(tfm.TensorSpec([1, image_size, image_size, 3], tfm.float32, name="image"))
+    converter = tfm.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+
+    def representative() -> Iterator[list[np.ndarray]]:
+        for index in range(pixels.shape[0]):
+            yield [preprocess(pixels[index : index + 1])]
+
+    converter.optimizations = [tfm.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tfm.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    io_type = {"uint8": tfm.uint8, "int8": tfm.int8, "float32": tfm.float32}[io_dtype]
+    converter.inference_input_type = io_type
+    converter.inference_output_type = io_type
+    return converter
+
+
+def _debugger(converter: Any, pixels: np.ndarray, preprocess: Callable[[np.ndarray], np.ndarray],
+              denylisted_nodes: Sequence[str] = ()) -> Any:
+    from edgeft.tfcompat import tf
+
+    tfm = tf()
+
+    def debug_data() -> Iterator[list[np.ndarray]]:
+        for index in range(pixels.shape[0]):
+            yield [preprocess(pixels[index : index + 1])]
+
+    options = tfm.lite.experimental.QuantizationDebugOptions(
+        denylisted_nodes=list(denylisted_nodes) or None)
+    try:
+        return tfm.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=debug_data,
+                                                          debug_options=options)
+    except Exception as error:  # the converter raises many types
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise ExportError(f"TFLite quantization debugger failed: {first}") from None
+
+
+def tflite_layer_errors(model: Any, image_size: int, calibration: np.ndarray, debug: np.ndarray,
+                        preprocess: Callable[[np.ndarray], np.ndarray], artifact: str = "model_int8.tflite",
+                        ) -> LayerErrorReport:
+    """Per-layer error of the int8 TFLite model of ``model`` calibrated on ``calibration`` pixels,
+    measured on ``debug`` pixels (uint8 images; ``preprocess`` maps them to model input)."""
+    converter = int8_converter(model, image_size, calibration, preprocess)
+    debugger = _debugger(converter, debug, preprocess)
+    try:
+        debugger.run()
+    except Exception as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise ExportError(f"TFLite quantization debugger failed: {first}") from None
+    buffer = io.StringIO()
+    debugger.layer_statistics_dump(buffer)
+    layers = parse_tflite_layer_statistics(buffer.getvalue())
+    return LayerErrorReport(artifact=artifact, format="tflite", metric=ErrorMetric.RMSE_PER_SCALE,
+                            method="tf.lite.experimental.QuantizationDebugger", samples=int(debug.shape[0]),
+                            layers=_ranked(layers, ErrorMetric.RMSE_PER_SCALE))
+
+
+def tflite_int8_keep_float(model: Any, image_size: int, calibration: np.ndarray,
+                           preprocess: Callable[[np.ndarray], np.ndarray], keep_float: Sequence[str],
+                           io_dtype: str = "uint8") -> bytes:
+    """Full-integer TFLite bytes with the ops whose output tensors are named in ``keep_float`` left in float.
+
+    Only for targets that run float ops on the CPU: on the Edge TPU a float op ends the part of
+    the graph the accelerator runs.
+    """
+    if not keep_float:
+        raise UsageError("keep-float needs at least one layer name")
+    converter = int8_converter(model, image_size, calibration, preprocess, io_dtype)
+    debugger = _debugger(converter, calibration[:1], preprocess, keep_float)
+    try:
+        data = bytes(debugger.get_nondebug_quantized_model())
+    except Exception as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise ExportError(f"TFLite int8 conversion with float layers failed: {first}") from None
+    if io_dtype == "float32":
+        return data
+    # The debugger always writes float I/O; edgeft's int8 models take and give uint8/int8.
+    from tensorflow.lite.python.util import modify_model_io_type
+
+    from edgeft.tfcompat import tf
+
+    io_type = {"uint8": tf().uint8, "int8": tf().int8}[io_dtype]
+    # a float layer at the output end leaves no DEQUANTIZE to strip: then the output stays float
+    for output_type in (io_type, tf().float32):
+        try:
+            return bytes(modify_model_io_type(data, io_type, output_type))
+        except (ValueError, RuntimeError):
+            continue
+    return data
+
+
+# --------------------------------------------------------------------------- ONNX
+
+
+def onnx_layer_errors(qdq_path: Path, pixels: np.ndarray, preprocess: Callable[[np.ndarray], np.ndarray],
+                      float_path: Path | None = None, input_name: str = "image",
+                      artifact: str = "model_int8.onnx") -> LayerErrorReport:
+    """Per-tensor error of a QDQ ONNX model on ``pixels`` (uint8 images) with ``qdq_loss_debug``.
+
+    Ranked by the SQNR (dB) each tensor's own Q/DQ pair leaves; with ``float_path`` each row also
+    carries ``xmodel_sqnr_db``, the SQNR against the float model's tensor (what has accumulated).
+    """
+    from onnxruntime.quantization import CalibrationDataReader
+    from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_activation_error,
+                                                         create_activation_matching,
+                                                         modify_model_output_intermediate_tensors)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.index = 0
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            if self.index >= pixels.shape[0]:
+                return None
+            batch = preprocess(pixels[self.index : self.index + 1]).astype(np.float32)
+            self.index += 1
+            return {input_name: batch}
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgeft-qdqdebug-") as tmp:
+            augmented_qdq = Path(tmp) / "qdq_augmented.onnx"
+            modify_model_output_intermediate_tensors(str(qdq_path), str(augmented_qdq))
+            qdq_acts = collect_activations(str(augmented_qdq), Reader(), execution_providers=["CPUExecutionProvider"])
+            float_acts = None
+            if float_path is not None:
+                augmented_float = Path(tmp) / "float_augmented.onnx"
+                modify_model_output_intermediate_tensors(str(float_path), str(augmented_float))
+                float_acts = collect_activations(str(augmented_float), Reader(),
+                                                 execution_providers=["CPUExecutionProvider"])
+            errors = compute_activation_error(create_activation_matching(qdq_acts, float_acts))
+    except Exception as error:  # onnxruntime raises many types
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise ExportError(f"ONNX per-layer error report failed: {first}") from None
+    producers = _onnx_producers(qdq_path)
+    layers = []
+    for tensor, values in errors.items():
+        extra = {}
+        if "xmodel_err" in values:
+            extra["xmodel_sqnr_db"] = float(values["xmodel_err"])
+        layers.append(LayerError(name=tensor, op=producers.get(tensor, ""), value=float(values["qdq_err"]),
+                                 metric=ErrorMetric.SQNR_DB, extra=extra))
+    return LayerErrorReport(artifact=artifact, format="onnx", metric=ErrorMetric.SQNR_DB,
+                            method="onnxruntime.quantization.qdq_loss_debug", samples=int(pixels.shape[0]),
+                            layers=_ranked(layers, ErrorMetric.SQNR_DB))
+
+
+def _onnx_producers(path: Path) -> dict[str, str]:
+    """Tensor name -> "op_type node_name" of the node that produces it."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {out: f"{node.op_type} {node.name}" for node in model.graph.node for out in node.output}
+
+
+def onnx_nodes_for_tensors(float_path: Path, tensors: Sequence[str]) -> list[str]:
+    """Names of the float ONNX nodes that produce ``tensors`` (for ``quantize_static(nodes_to_exclude=...)``)."""
+    import onnx
+
+    model = onnx.load(str(float_path), load_external_data=False)
+    wanted = set(tensors)
+    return [node.name for node in model.graph.node if wanted & set(node.output)]
+
+
+def keras_layers(tensor_name: str) -> list[str]:
+    """Keras layer names in a TFLite tensor name (``model/block_1_depthwise_relu/Relu6;model/...``)."""
+    layers = []
+    for part in tensor_name.split(";"):
+        pieces = part.split("/")
+        if len(pieces) >= 3 and pieces[1] not in layers:
+            layers.append(pieces[1])
+    return layers
+
+
+def onnx_nodes_for_layers(onnx_path: Path, layers: Sequence[str]) -> list[str]:
+    """Names of the ONNX nodes tf2onnx made from the Keras ``layers`` (for ``nodes_to_exclude``)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    wanted = tuple(f"/{layer}/" for layer in layers)
+    return [node.name for node in model.graph.node if any(w in node.name for w in wanted)]
+
+
+def auto_keep_float(report: LayerErrorReport, count: int = 3) -> list[str]:
+    """``--keep-float auto``: the ``count`` layers that add the most error (TFLite tensor names)."""
+    return [layer.name for layer in report.top(count)]
+
+
+# --------------------------------------------------------------------------- report
+
+
+def write_layer_errors(report: LayerErrorReport, export_dir: Path) -> Path:
+    """Write ``<artifact>.layer_errors.json`` into ``export_dir`` (temporary name, then renamed)."""
+    from edgeft.fileio import write_json_atomic
+
+    path = Path(export_dir) / f"{report.artifact}.layer_errors.json"
+    write_json_atomic(path, report.to_dict())
+    return path
+
+
+def short_name(tensor_name: str) -> str:
+    """The first Keras layer named in a tensor name (the activation that ends a fused op), else the name."""
+    layers = keras_layers(tensor_name)
+    return layers[0] if layers else tensor_name
+
+
+def advice(report: LayerErrorReport, source: str, edgetpu: bool = False) -> str:
+    """One sentence of what to try next for an int8 artifact that failed ``--max-drop``.
+
+    ``source`` is ``"ptq"`` or ``"qat"``: a QAT artifact is never told to "use QAT".
+    """
+    names = ",".join(short_name(layer.name) for layer in report.top(2))
+    keep = "" if edgetpu else f"keep the worst layers in float (--keep-float {names}); "
+    if source == "qat":
+        onnx = ("for ONNX, build the QDQ model from the QAT model's own ranges instead of the int8 TFLite; "
+                if report.format == "onnx" else "")
+        return (f"{onnx}{keep}train QAT longer or at a lower learning rate so the ranges settle "
+                "(the QAT ranges, not calibration, decide this artifact)")
+    calib = ("try --calib-method percentile or entropy; " if report.format == "onnx"
+             else "calibrate on more images that look like deployment data (--calib-dir); ")
+    return f"{calib}{keep}or fine-tune with quantization-aware training (edgeft qat)"
+
+
+def summarize(report: LayerErrorReport, source: str, edgetpu: bool = False, count: int = 5) -> dict[str, Any]:
+    """The export report's entry for a failing artifact: its ``count`` worst layers and advice."""
+    return {"layer_errors": f"{report.artifact}.layer_errors.json", "metric": report.metric.value,
+            "top_layers": [layer.to_dict() for layer in report.top(count)],
+            "advice": advice(report, source, edgetpu)}
+
+
+def summary_line(report: LayerErrorReport, count: int = 5) -> str:
+    """The worst layers on one line, for the one-line error of a failing export."""
+    unit = "RMSE/scale" if report.metric == ErrorMetric.RMSE_PER_SCALE else "SQNR dB"
+    parts = [f"{short_name(layer.name)} {layer.value:.2f}" for layer in report.top(count)]
+    return f"worst layers ({unit}): " + ", ".join(parts)

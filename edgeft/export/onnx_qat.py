@@ -1,0 +1,203 @@
+"""QDQ ONNX from a QAT run whose activation ranges are the QAT model's own.
+
+The route through the int8 TFLite model (QAT Keras -> TFLite int8 -> ``tf2onnx.from_tflite``)
+lost top-1 agreement with the Keras QAT model, and tf2onnx applied to the Keras QAT graph itself
+mis-converts tfmot's fake-quant nodes. This route instead:
+
+1. builds the float model with the QAT model's trained weights (each ``QuantizeWrapperV2``'s
+   inner layer copied into the same-named layer of the parent float architecture);
+2. converts it with tf2onnx (BatchNorm folds into the convolutions as it does for TFLite);
+3. quantizes it with onnxruntime's static QDQ quantizer, per-channel weights, with every
+   activation whose range tfmot learned (``quantize_layer``, ``output``, ``post_activation``,
+   ``pre_activation`` min/max) pinned to that range through ``TensorQuantOverrides``. Tensors
+   tfmot did not quantize take the calibration range, as the TFLite converter does.
+
+Keras layer outputs are found in the ONNX graph by tf2onnx's naming (``<model>/<layer>/...``):
+the tensor a layer's scope hands to the next layer. Ranges also pass through ops that only move
+values (Transpose, Pad, Reshape, Squeeze, Flatten).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeft.errors import ExportError, QuantizationError
+
+INPUT_RANGE = "__input__"
+_MOVES_VALUES = ("Transpose", "Pad", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity")
+
+
+@dataclass(frozen=True)
+class QatRange:
+    """A range tfmot learned: ``layer`` is the float layer's name, ``where`` ``output`` or ``pre_activation``."""
+
+    layer: str
+    where: str
+    minimum: float
+    maximum: float
+
+
+def qat_activation_ranges(qat_model: Any) -> list[QatRange]:
+    """Every activation range in a tfmot QAT model (the input quantizer's as layer ``__input__``)."""
+    ranges = []
+    for layer in qat_model.layers:
+        variables = {w.name.split("/")[-1].split(":")[0]: w for w in layer.weights}
+        kind = type(layer).__name__
+        if kind == "QuantizeLayer":
+            low, high = variables.get("quantize_layer_min"), variables.get("quantize_layer_max")
+            if low is not None and high is not None:
+                ranges.append(QatRange(INPUT_RANGE, "output", float(np.asarray(low)), float(np.asarray(high))))
+            continue
+        inner = getattr(layer, "layer", None)
+        if inner is None:
+            continue
+        for prefix, where in (("output", "output"), ("post_activation", "output"), ("pre_activation", "pre_activation")):
+            low, high = variables.get(f"{prefix}_min"), variables.get(f"{prefix}_max")
+            if low is not None and high is not None:
+                ranges.append(QatRange(inner.name, where, float(np.asarray(low)), float(np.asarray(high))))
+    return ranges
+
+
+def copy_has_weights(model: Any, name: str) -> bool:
+    """Whether ``model`` has a layer ``name`` with weights (tfmot hides the inner layer's own kernel)."""
+    try:
+        return bool(model.get_layer(name).weights)
+    except ValueError:
+        return True  # reported as a missing counterpart
+
+
+def float_model_with_qat_weights(qat_model: Any, float_model: Any) -> Any:
+    """A copy of ``float_model`` (the parent run's architecture) carrying the QAT model's trained weights."""
+    from edgeft.tfcompat import keras
+
+    copy = keras().models.clone_model(float_model)
+    copy.set_weights(float_model.get_weights())
+    names = {layer.name for layer in copy.layers}
+    copied = 0
+    for layer in qat_model.layers:
+        inner = getattr(layer, "layer", None)
+        if inner is None or not copy_has_weights(copy, inner.name):
+            continue
+        if inner.name not in names:
+            raise QuantizationError(f"QAT layer '{inner.name}' has no counterpart in the parent float model; "
+                                    "export the QAT run from the float run it was trained from")
+        # tfmot swaps the inner layer's kernel attribute for its fake-quantized tensor, so the trained
+        # variables are looked up by name on the wrapper
+        trained = {w.name.split(":")[0]: w for w in layer.weights}
+        target = copy.get_layer(inner.name)
+        values = []
+        for variable in target.weights:
+            suffix = variable.name.split(":")[0].split("/")[-1]
+            # built in memory the variables carry the inner layer's name; loaded from a file, the wrapper's
+            key = next((k for k in (f"{inner.name}/{suffix}", f"{layer.name}/{suffix}") if k in trained), None)
+            if key is None:
+                raise QuantizationError(f"QAT layer '{inner.name}' has no weight '{suffix}'")
+            values.append(np.asarray(trained[key]))
+        target.set_weights(values)
+        copied += 1
+    if copied == 0:
+        raise QuantizationError("the model has no QAT-wrapped layer: is it a QAT run?")
+    return copy
+
+
+def tensor_overrides(proto: Any, model_name: str, ranges: list[QatRange], input_name: str = "image",
+                     ) -> dict[str, tuple[float, float]]:
+    """ONNX tensor name -> (rmin, rmax) for each QAT range found in a tf2onnx graph of the float model."""
+    nodes = list(proto.graph.node)
+    producer = {out: node for node in nodes for out in node.output}
+    consumers: dict[str, list[Any]] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    found: dict[str, tuple[float, float]] = {}
+    for item in ranges:
+        if item.layer == INPUT_RANGE:
+            found[input_name] = (item.minimum, item.maximum)
+            continue
+        # tf2onnx names a layer's tensors "<model>/<layer>/..." (a BatchNorm folded into its convolution
+        # leaves the convolution node named after the convolution but its output after the BN); the layer's
+        # result is the tensor of its scope that no node writing into the scope consumes
+        scope = f"{model_name}/{item.layer}/"
+        inside = [name for name in producer if name.startswith(scope)]
+        for name in inside:
+            if any(any(out.startswith(scope) for out in c.output) for c in consumers.get(name, [])):
+                continue
+            node = producer[name]
+            if item.where == "pre_activation" and node.op_type in ("Relu", "Clip", "Sigmoid", "Softmax"):
+                name = node.input[0]
+            found[name] = (item.minimum, item.maximum)
+    changed = True
+    while changed:  # carry ranges through ops that only move values, both ways within a layer
+        changed = False
+        for node in nodes:
+            if node.op_type not in _MOVES_VALUES or not node.input:
+                continue
+            source, outs = node.input[0], list(node.output)
+            if source in found:
+                for out in outs:
+                    if out not in found:
+                        found[out] = found[source]
+                        changed = True
+            elif outs and outs[0] in found and source in producer and source.rsplit("/", 1)[0] == outs[0].rsplit("/", 1)[0]:
+                found[source] = found[outs[0]]
+                changed = True
+    return found
+
+
+def qat_qdq_onnx(qat_model: Any, float_model: Any, image_size: int, pixels: np.ndarray, preprocess: Any,
+                 out_path: Path, opset: int = 17, weight_type: str = "uint8", input_name: str = "image",
+                 symmetric_weights: bool = True) -> dict[str, Any]:
+    """Write QDQ ONNX of a QAT run to ``out_path`` (a temporary name is the caller's concern); return facts.
+
+    ``pixels``: uint8 calibration images for the tensors tfmot left without a range;
+    ``preprocess`` maps them to model input. Weights are quantized symmetrically per channel, the grid
+    tfmot trained them on, stored as ``weight_type`` (uint8 with zero point 128 avoids the int16
+    saturation of uint8 x int8 products on AVX2-only x86).
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from edgeft.export.formats.onnx import keras_to_onnx
+
+    model = float_model_with_qat_weights(qat_model, float_model)
+    proto = keras_to_onnx(model, image_size, opset)
+    overrides = tensor_overrides(proto, model.name, qat_activation_ranges(qat_model), input_name)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.index = 0
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            if self.index >= pixels.shape[0]:
+                return None
+            batch = preprocess(pixels[self.index : self.index + 1]).astype(np.float32)
+            self.index += 1
+            return {input_name: batch}
+
+    weights = QuantType.QUInt8 if weight_type == "uint8" else QuantType.QInt8
+    with tempfile.TemporaryDirectory(prefix="edgeft-qatonnx-") as tmp:
+        float_path, prepared = Path(tmp) / "float.onnx", Path(tmp) / "prepared.onnx"
+        onnx.save(proto, str(float_path))
+        try:
+            quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+            present = {v.name for v in onnx.load(str(prepared)).graph.value_info} | {input_name} | {
+                o for n in onnx.load(str(prepared)).graph.node for o in n.output}
+            table = {name: [{"rmin": np.float32(min(lo, 0.0)), "rmax": np.float32(max(hi, 0.0))}]
+                     for name, (lo, hi) in overrides.items() if name in present}
+            quantize_static(str(prepared), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=weights,
+                            calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={"CalibTensorRangeSymmetric": False, "TensorQuantOverrides": table,
+                                           "WeightSymmetric": symmetric_weights})
+        except Exception as error:  # onnxruntime raises many types
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+            raise ExportError(f"ONNX int8 quantization with the QAT ranges failed: {first}") from None
+    return {"converter": "QAT weights -> tf2onnx float -> onnxruntime quantize_static (QDQ, QAT ranges)",
+            "qat_ranges": len(overrides), "qat_ranges_applied": len(table), "weight_type": weights.name,
+            "symmetric_weights": symmetric_weights}

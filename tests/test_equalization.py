@@ -1,0 +1,123 @@
+"""Cross-layer equalisation and bias correction: numpy algorithm and the tf-keras backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgeft.quantization import equalization as eq
+
+SIZE = 24
+
+
+def test_scales_equalise_ranges_without_a_clip() -> None:
+    r1 = np.array([8.0, 0.5, 1.0])
+    r2 = np.array([0.5, 8.0, 1.0])
+    s = eq.equalization_scales(r1, r2, limit=None)
+    np.testing.assert_allclose(r1 / s, r2 * s, rtol=1e-6)
+    np.testing.assert_allclose(r1 / s, [2.0, 2.0, 1.0], rtol=1e-6)
+
+
+def test_scales_respect_relu6() -> None:
+    r1 = np.array([8.0, 0.5, 8.0])
+    r2 = np.array([0.5, 8.0, 0.5])
+    peaks = np.array([7.0, 1.0, 3.0])  # channel 0 reaches the clip; 1 would be pushed over it by s = 0.25
+    s = eq.equalization_scales(r1, r2, peaks, limit=6.0)
+    assert s[0] == 1.0
+    assert peaks[1] / s[1] <= 6.0 + 1e-6 and s[1] < 1.0
+    assert s[2] == pytest.approx(4.0)
+    with pytest.raises(ValueError):
+        eq.equalization_scales(r1, r2, None, limit=6.0)
+
+
+def test_per_channel_quantization_matches_tflite_rule() -> None:
+    kernel = np.random.default_rng(0).normal(size=(3, 3, 4, 5))
+    q = eq.quantize_per_channel(kernel, depthwise=False)
+    step = np.max(np.abs(kernel), axis=(0, 1, 2)) / 127
+    assert np.all(np.abs(q - kernel) <= step / 2 + 1e-12)
+    assert len(np.unique(np.round(q[..., 0] / step[0]))) <= 255
+
+
+def test_bias_correction_removes_the_expected_shift() -> None:
+    rng = np.random.default_rng(1)
+    kernel = rng.normal(size=(1, 1, 16, 4)) * np.array([1.0, 10.0, 0.1, 3.0])
+    x = rng.uniform(0, 6, size=(5000, 16))
+    exact = x @ kernel[0, 0]
+    quantized = x @ eq.quantize_per_channel(kernel, False)[0, 0]
+    delta = eq.bias_correction(kernel, x.mean(axis=0), False)
+    before = np.abs((quantized - exact).mean(axis=0))
+    after = np.abs((quantized + delta - exact).mean(axis=0))
+    assert np.all(after < before * 1e-3 + 1e-9)
+    dw = rng.normal(size=(3, 3, 6, 1))
+    assert eq.bias_correction(dw, np.ones(6), True).shape == (6,)
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> Any:
+    """conv -> BN -> ReLU6 -> pad -> depthwise -> BN -> ReLU6 -> 1x1 conv -> BN -> pool -> dense, with real BN stats."""
+    from edgeft.tfcompat import keras, tf
+
+    k = keras()
+    tf().random.set_seed(1)
+    inputs = k.Input((SIZE, SIZE, 3))
+    x = k.layers.Conv2D(8, 3, padding="same", use_bias=False, name="c1")(inputs)
+    x = k.layers.BatchNormalization(name="c1_bn")(x)
+    x = k.layers.ReLU(6.0, name="c1_relu")(x)
+    x = k.layers.ZeroPadding2D(1, name="pad")(x)
+    x = k.layers.DepthwiseConv2D(3, use_bias=False, name="dw")(x)
+    x = k.layers.BatchNormalization(name="dw_bn")(x)
+    x = k.layers.ReLU(6.0, name="dw_relu")(x)
+    x = k.layers.Conv2D(6, 1, use_bias=False, name="proj")(x)
+    x = k.layers.BatchNormalization(name="proj_bn")(x)
+    x = k.layers.GlobalAveragePooling2D()(x)
+    outputs = k.layers.Dense(3, activation="softmax")(x)
+    model = k.Model(inputs, outputs)
+    rng = np.random.default_rng(2)
+    for name, channels in (("c1_bn", 8), ("dw_bn", 8), ("proj_bn", 6)):
+        # channel ranges that differ by orders of magnitude, as in MobileNetV2's depthwise layers
+        gamma = np.exp(rng.uniform(-4, 1, channels)).astype(np.float32)
+        beta = rng.normal(0, 0.2, channels).astype(np.float32)
+        model.get_layer(name).set_weights([gamma, beta, np.zeros(channels, np.float32),
+                                           np.ones(channels, np.float32)])
+    return model
+
+
+def _pre(pixels: np.ndarray) -> np.ndarray:
+    return pixels.astype(np.float32) / 127.5 - 1.0
+
+
+def test_keras_equalisation_keeps_outputs_and_balances_ranges(tiny_model: Any) -> None:
+    from edgeft.quantization.keras_equalization import equalize_keras_model, find_pairs
+
+    pairs = find_pairs(tiny_model)
+    assert [(p.first, p.second) for p in pairs] == [("c1", "dw"), ("dw", "proj")]
+    pixels = np.random.default_rng(3).integers(0, 256, (16, SIZE, SIZE, 3), dtype=np.uint8)
+    new, result = equalize_keras_model(tiny_model, pixels, _pre, correct_bias=False)
+    assert result.pairs == 2 and result.scaled_channels > 0
+    before = np.asarray(tiny_model(_pre(pixels), training=False))
+    after = np.asarray(new(_pre(pixels), training=False))
+    np.testing.assert_allclose(after, before, atol=1e-5)
+
+    def spread(model: Any) -> float:
+        bn = eq.BatchNorm(*(np.asarray(w, np.float64) for w in model.get_layer("dw_bn").get_weights()),
+                          epsilon=1e-3)
+        ranges = eq.output_channel_ranges(eq.fold(np.asarray(model.get_layer("dw").get_weights()[0]), bn, True), True)
+        return float(ranges.max() / ranges.min())
+
+    assert spread(new) < spread(tiny_model)
+    assert tiny_model.get_layer("c1_bn").get_weights()[0] is not new.get_layer("c1_bn").get_weights()[0]
+
+
+def test_keras_bias_correction_shifts_only_bn_offsets(tiny_model: Any) -> None:
+    from edgeft.quantization.keras_equalization import equalize_keras_model
+
+    pixels = np.random.default_rng(4).integers(0, 256, (8, SIZE, SIZE, 3), dtype=np.uint8)
+    new, result = equalize_keras_model(tiny_model, pixels, _pre, equalize=False)
+    assert result.corrected_layers == 3 and result.pairs == 0
+    for name in ("c1_bn", "dw_bn", "proj_bn"):
+        old_w, new_w = tiny_model.get_layer(name).get_weights(), new.get_layer(name).get_weights()
+        np.testing.assert_array_equal(old_w[0], new_w[0])
+        assert not np.array_equal(old_w[1], new_w[1])
+    np.testing.assert_array_equal(tiny_model.get_layer("dw").get_weights()[0], new.get_layer("dw").get_weights()[0])

@@ -1,0 +1,144 @@
+"""QDQ ONNX from a QAT model that keeps the QAT model's own activation ranges."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+SIZE = 24
+
+
+def _pre(pixels: np.ndarray) -> np.ndarray:
+    return pixels.astype(np.float32) / 127.5 - 1.0
+
+
+@pytest.fixture(scope="module")
+def models() -> tuple[Any, Any, np.ndarray]:
+    """A tiny float model with real BN statistics, its tfmot QAT version with ranges learned on data, and the data."""
+    from edgeft.quantization.qat import quantize_flat_model
+    from edgeft.tfcompat import keras, tf
+
+    k = keras()
+    tf().random.set_seed(0)
+    inputs = k.Input((SIZE, SIZE, 3), name="image")
+    x = k.layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False, name="c1")(inputs)
+    x = k.layers.BatchNormalization(name="c1_bn")(x)
+    x = k.layers.ReLU(6.0, name="c1_relu")(x)
+    x = k.layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(x)
+    x = k.layers.BatchNormalization(name="dw_bn")(x)
+    x = k.layers.ReLU(6.0, name="dw_relu")(x)
+    x = k.layers.Conv2D(8, 1, use_bias=False, name="proj")(x)
+    x = k.layers.BatchNormalization(name="proj_bn")(x)
+    x = k.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = k.layers.Dense(4, activation="softmax", name="predictions")(x)
+    model = k.Model(inputs, outputs, name="tiny")
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (48, SIZE, SIZE, 3), dtype=np.uint8)
+    # real BN statistics and a head that separates the data, so agreement is not vacuous
+    for name in ("c1_bn", "dw_bn", "proj_bn"):
+        layer = model.get_layer(name)
+        probe = k.Model(model.input, layer.input)
+        values = np.asarray(probe(_pre(pixels), training=False)).reshape(-1, layer.input.shape[-1])
+        gamma, beta = layer.get_weights()[:2]
+        layer.set_weights([gamma, beta, values.mean(0), values.var(0)])
+    features = np.asarray(k.Model(model.input, model.get_layer("pool").output)(_pre(pixels)))
+    weights = rng.normal(size=(features.shape[1], 4)).astype(np.float32) * 4.0
+    model.get_layer("predictions").set_weights([weights, -(features.mean(0) @ weights)])
+    qat = quantize_flat_model(model)
+    # what many QAT steps converge to: each range set to the float activations' own range
+    for variable in qat.get_layer("quantize_layer").weights:
+        if "_min" in variable.name or "_max" in variable.name:
+            variable.assign(-1.0 if "_min" in variable.name else 1.0)
+    for wrapper in qat.layers:
+        inner = getattr(wrapper, "layer", None)
+        if inner is None:
+            continue
+        variables = {w.name.split("/")[-1].split(":")[0]: w for w in wrapper.weights}
+        for prefix in ("output", "post_activation", "pre_activation"):
+            if f"{prefix}_min" in variables:
+                if prefix == "pre_activation":  # the logits before the softmax
+                    logits = features @ weights - features.mean(0) @ weights
+                    low, high = float(logits.min()), float(logits.max())
+                else:
+                    values = np.asarray(k.Model(model.input, model.get_layer(inner.name).output)(_pre(pixels)))
+                    low, high = min(float(values.min()), 0.0), float(values.max())
+                variables[f"{prefix}_min"].assign(low)
+                variables[f"{prefix}_max"].assign(high)
+    return model, qat, pixels
+
+
+def test_ranges_cover_every_quantized_activation(models: tuple[Any, Any, np.ndarray]) -> None:
+    from edgeft.export.onnx_qat import INPUT_RANGE, qat_activation_ranges
+
+    _, qat, _ = models
+    ranges = {(r.layer, r.where): r for r in qat_activation_ranges(qat)}
+    for key in ((INPUT_RANGE, "output"), ("c1_relu", "output"), ("dw_relu", "output"), ("proj_bn", "output"),
+                ("predictions", "pre_activation")):
+        assert key in ranges, sorted(ranges)
+        assert ranges[key].minimum < ranges[key].maximum
+    assert ranges[("c1_relu", "output")].maximum <= 6.0 + 1e-5
+
+
+def test_qdq_onnx_carries_the_qat_scales(models: tuple[Any, Any, np.ndarray], tmp_path: Path) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    from edgeft.export.onnx_qat import qat_activation_ranges, qat_qdq_onnx
+    from edgeft.export.parity import onnx_runner
+
+    float_model, qat, pixels = models
+    out = tmp_path / "qat.onnx"
+    info = qat_qdq_onnx(qat, float_model, SIZE, pixels[:16], _pre, out)
+    assert info["qat_ranges_applied"] >= 5
+    proto = onnx.load(str(out))
+    onnx.checker.check_model(proto)
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    relu = next(r for r in qat_activation_ranges(qat) if r.layer == "dw_relu")
+    scales = [float(inits[n.input[1]]) for n in proto.graph.node
+              if n.op_type == "QuantizeLinear" and n.input[0] == "tiny/dw_relu/Relu6:0"]
+    assert scales and scales[0] == pytest.approx((relu.maximum - relu.minimum) / 255.0, rel=1e-4)
+
+    # the QDQ graph computes the QAT model's float function up to int8 noise (Keras' QAT graph itself
+    # quantizes the kernel before BatchNorm folding, so it is not the reference for the numerics)
+    from edgeft.export.onnx_qat import float_model_with_qat_weights
+
+    reference = np.asarray(float_model_with_qat_weights(qat, float_model)(_pre(pixels), training=False))
+    runner = onnx_runner(out)
+    outputs = np.concatenate([runner.predict(_pre(pixels[i : i + 1])) for i in range(len(pixels))])
+    assert len(set(reference.argmax(1))) > 1  # not a constant model
+    assert np.mean(outputs.argmax(1) == reference.argmax(1)) >= 0.9
+    assert np.max(np.abs(outputs - reference)) < 0.15
+
+
+def test_float_model_gets_the_weights_of_a_saved_qat_model(models: tuple[Any, Any, np.ndarray],
+                                                           tmp_path: Path) -> None:
+    from edgeft.export.onnx_qat import float_model_with_qat_weights
+    from edgeft.tfcompat import load_keras_model
+
+    float_model, qat, pixels = models
+    qat.save(str(tmp_path / "qat.h5"), save_format="h5")
+    loaded = load_keras_model(tmp_path / "qat.h5")
+    copy = float_model_with_qat_weights(loaded, float_model)
+    np.testing.assert_allclose(np.asarray(copy(_pre(pixels[:4]))),
+                               np.asarray(float_model_with_qat_weights(qat, float_model)(_pre(pixels[:4]))), atol=1e-6)
+
+
+def test_float_model_gets_the_qat_weights(models: tuple[Any, Any, np.ndarray]) -> None:
+    from edgeft.errors import QuantizationError
+    from edgeft.export.onnx_qat import float_model_with_qat_weights
+
+    float_model, qat, _ = models
+    kernel = next(w for w in qat.get_layer("quant_c1").weights if w.name.startswith("c1/kernel"))
+    original = np.asarray(kernel).copy()
+    kernel.assign(kernel * 1.01)
+    copy = float_model_with_qat_weights(qat, float_model)
+    np.testing.assert_allclose(copy.get_layer("c1").get_weights()[0], np.asarray(kernel))
+    np.testing.assert_allclose(copy.get_layer("predictions").get_weights()[1],
+                               float_model.get_layer("predictions").get_weights()[1])
+    assert not np.allclose(copy.get_layer("c1").get_weights()[0], float_model.get_layer("c1").get_weights()[0])
+    kernel.assign(original)
+    with pytest.raises(QuantizationError):
+        float_model_with_qat_weights(float_model, float_model)
