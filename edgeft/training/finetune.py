@@ -16,7 +16,7 @@ from edgeft.backbones import get_backbone
 from edgeft.backbones.weights import resolve_weights
 from edgeft.data import load_dataset
 from edgeft.data.dataset import LoadedSplit
-from edgeft.errors import AccuracyTargetError, RunDirError
+from edgeft.errors import AccuracyTargetError, DatasetError, RunDirError
 from edgeft.fileio import write_json_atomic, write_text_atomic
 from edgeft.progress import log
 from edgeft.run.rundir import (
@@ -39,24 +39,31 @@ RUN_ARTIFACTS = (MODEL_FILE, LABELS_FILE, METRICS_FILE, HISTORY_FILE, MANIFEST_F
 
 
 def prepare_run_dir(config: FinetuneConfig) -> CheckpointStore:
-    """Refuse to clobber a complete run, require --resume/--force for an unfinished one."""
+    """Refuse to clobber a complete run, require --resume/--force for an unfinished one (nothing is written yet)."""
     out = config.out_dir
     store = CheckpointStore(out)
     complete = (out / MANIFEST_FILE).is_file()
     if out.exists() and not out.is_dir():
         raise RunDirError(f"--out {out} exists and is not a directory")
     if config.force:
-        for name in RUN_ARTIFACTS:
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+        pass  # the old run is cleared by clear_for_new_run, only once the data and weights have loaded
     elif complete:
         raise RunDirError(f"{out} already holds a complete run; pass --force to overwrite it or choose another --out")
     elif config.resume and not store.exists():
         raise RunDirError(f"nothing to resume in {out}: no checkpoint found; run without --resume")
     elif store.exists() and not config.resume:
         raise RunDirError(f"{out} holds an unfinished run; pass --resume to continue it or --force to start over")
-    out.mkdir(parents=True, exist_ok=True)
     return store
+
+
+def clear_for_new_run(config: FinetuneConfig) -> None:
+    """Create the run directory; with ``--force``, remove the previous run's files first."""
+    out = config.out_dir
+    if config.force:
+        for name in RUN_ARTIFACTS:
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
 
 
 def _fingerprint(config: FinetuneConfig, content_hash: str) -> dict[str, Any]:
@@ -240,10 +247,23 @@ def collapse_warning(train_accuracy: float | None, val_accuracy: float, num_clas
 def main_finetune(config: FinetuneConfig) -> dict[str, Any]:
     """Train, evaluate and write a complete run directory; return the summary."""
     wall_start = time.monotonic()
+    from edgeft import interrupts
+    from edgeft.data.dataset import missing_validation_classes
+    from edgeft.outputs import check_output_location
+
+    interrupts.advise("interrupted before training started; nothing to resume: run the same command again")
+    check_output_location(config.out_dir, inputs=[config.data_dir])
     store = prepare_run_dir(config)
     spec = get_backbone(config.backbone)
     resolved = resolve_weights(spec, config.weights, config.alpha, config.image_size)
     index, splits = load_dataset(config.data_dir, config.image_size, config.val_split, config.seed)
+    missing = missing_validation_classes(index.class_names, splits)
+    if missing and config.min_accuracy is not None:
+        raise DatasetError(f"no validation image of class(es) {', '.join(missing)}: --min-accuracy cannot be "
+                           "judged; add images of them to the validation split")
+    if missing:
+        log(f"warning: no validation image of class(es) {', '.join(missing)}: their accuracy is not measured")
+    clear_for_new_run(config)
     if resolved.warning:
         log(resolved.warning)
     weights_text = "random initialisation (--weights none)" if resolved.path is None else f"{resolved.path} ({resolved.origin})"
@@ -272,6 +292,7 @@ def main_finetune(config: FinetuneConfig) -> dict[str, Any]:
     else:
         state = TrainingState(fingerprint, [PhaseState(p.name) for p in phases])
         store.save(state)
+    interrupts.advise("interrupted; run the same command with --resume to continue from the last completed epoch")
 
     preprocessing = spec.preprocessing
     with strategy.scope():
