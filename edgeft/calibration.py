@@ -23,12 +23,12 @@ from typing import Iterator
 
 import numpy as np
 
+from edgeft.data import IMAGE_SUFFIXES, files_under
 from edgeft.errors import CalibrationError
 from edgeft.preprocessing import Preprocessing
 
 DEFAULT_CALIB_SIZE = 300
 CACHE_VERSION = "calib-v1"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 @dataclass(frozen=True)
@@ -55,11 +55,6 @@ class CalibrationSet:
         count = len(self) if limit is None else min(limit, len(self))
         for index in range(count):
             yield self.preprocessing.apply(self.pixels[index : index + 1])
-
-    def subset(self, size: int) -> "CalibrationSet":
-        """The first ``size`` images (the selection order is already stratified and shuffled)."""
-        return CalibrationSet(self.pixels[:size], self.labels[:size], self.preprocessing, self.source,
-                              f"{self.key}[:{size}]", self.cache_file)
 
     def describe(self) -> dict[str, object]:
         """What goes into reports and sidecars."""
@@ -100,8 +95,7 @@ def _files_in(directory: Path) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         raise CalibrationError(f"calibration directory not found: {directory}")
-    return sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not any(part.startswith(".") for part in p.relative_to(directory).parts))
+    return sorted(files_under(directory, IMAGE_SUFFIXES))
 
 
 def _cache_root() -> Path:

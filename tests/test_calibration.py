@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from export_helpers import make_shapes_dataset
 
 from edgeft.calibration import build_calibration_set, read_calib_list, stratified_selection
 from edgeft.errors import CalibrationError
 from edgeft.preprocessing import MINUS_ONE_TO_ONE
 from edgeft.run.rundir import Sample
+from edgeft.testing import ShapesSpec, write_shapes
 
 
 def _train_samples(root: Path) -> list[Sample]:
@@ -35,7 +35,7 @@ def test_stratified_selection_is_balanced_and_seeded() -> None:
 
 
 def test_train_split_set_is_preprocessed_and_cached(tmp_path: Path) -> None:
-    data = make_shapes_dataset(tmp_path / "data", per_class=8, val_per_class=1, size=40)
+    data = write_shapes(tmp_path / "data", ShapesSpec(per_class=8, val_per_class=1, size=40))
     samples = _train_samples(data)
     first = build_calibration_set(MINUS_ONE_TO_ONE, 32, train_samples=samples, data_hash="h1", size=12, seed=0)
     assert first.pixels.shape == (12, 32, 32, 3) and first.pixels.dtype == np.uint8
@@ -54,7 +54,7 @@ def test_train_split_set_is_preprocessed_and_cached(tmp_path: Path) -> None:
 
 
 def test_calib_list_and_calib_dir(tmp_path: Path) -> None:
-    data = make_shapes_dataset(tmp_path / "data", per_class=3, val_per_class=1, size=40)
+    data = write_shapes(tmp_path / "data", ShapesSpec(per_class=3, val_per_class=1, size=40))
     listing = tmp_path / "calib.txt"
     files = sorted((data / "train").rglob("*.png"))
     listing.write_text("# calibration images\n" + "\n".join(str(p.relative_to(tmp_path)) for p in files[:5])

@@ -26,12 +26,12 @@ FILENAMES = {
 }
 
 
-def load_calibration_pixels(path: str | None) -> tuple[np.ndarray, Any]:
+def load_calibration_pixels(path: str | None) -> np.ndarray:
     if not path:
         raise CalibrationError("int8 export needs calibration data: the run has no training split; "
                                "pass --calib-dir DIR or --calib-list FILE")
     with np.load(path, allow_pickle=False) as data:
-        return data["pixels"], None
+        return data["pixels"]
 
 
 def convert_keras_to_tflite(model: Any, image_size: int, precision: Precision, preprocessing: Any,
@@ -49,7 +49,7 @@ def convert_keras_to_tflite(model: Any, image_size: int, precision: Precision, p
     elif precision == Precision.DYNAMIC_RANGE:
         converter.optimizations = [tfm.lite.Optimize.DEFAULT]
     elif precision == Precision.INT8:
-        pixels, _ = load_calibration_pixels(calibration_npz)
+        pixels = load_calibration_pixels(calibration_npz)
 
         def representative() -> Any:
             for index in range(pixels.shape[0]):
