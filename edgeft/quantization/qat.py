@@ -3,7 +3,7 @@
 The float run's flat functional model is annotated layer by layer: layers in tfmot's default
 8-bit registry get tfmot's own config, the layers listed in
 :data:`edgeft.quantization.configs.OUTPUT_QUANTIZED_LAYERS` get
-:class:`~edgeft.quantization.configs.OutputQuantizeConfig`, and anything else stops the command
+``OutputQuantizeConfig`` (defined in :mod:`edgeft.tfcompat`), and anything else stops the command
 with a :class:`QuantizationError` naming the layer. The annotated model is fine-tuned for a few
 epochs at a low learning rate on the run's training split (inputs preprocessed exactly as in
 training, so the input quantizer learns the range the model really gets) and written as a run
