@@ -37,6 +37,7 @@ from edgeft import __version__
 from edgeft.bench.config import BenchConfig
 from edgeft.bench.targets import ResolvedTarget
 from edgeft.fileio import write_json_atomic, write_text_atomic
+from edgeft.progress import format_cell
 
 SCHEMA_VERSION = 1
 COLUMNS = ("artifact", "target", "threads", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "throughput_ips",
@@ -133,13 +134,7 @@ def write_reports(config: BenchConfig, rows: list[dict[str, Any]], targets: list
 
 
 def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
-    return str(value)
+    return format_cell(value)  # the terminal table's cell format, in the Markdown file too
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
