@@ -23,8 +23,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from edgeft.data import IMAGE_SUFFIXES, cache_dir, decode_files, files_under
-from edgeft.data.dataset import hash_file_identity
+from edgeft.data import IMAGE_SUFFIXES, cache_dir, decode_files, files_under, hash_file_identity
 from edgeft.errors import CalibrationError
 from edgeft.fileio import atomic_path
 from edgeft.preprocessing import Preprocessing
