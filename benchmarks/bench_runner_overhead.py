@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+from _common import ROOT, SHARED
+
 MODEL = SHARED / "models" / "tf2_mobilenet_v2_1.0_224_ptq.tflite"
 RUNNER = ROOT / "targets" / "runner.py"
 

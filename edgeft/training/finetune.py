@@ -196,9 +196,7 @@ def _fit_head_on_features(context: TrainingContext, index: int, phase: Phase, mo
             ]
         )
         _compile(head, phase.learning_rate)
-    epochs_done = context.state.phases[index].epochs_done
-    if epochs_done > 0:
-        head.load_weights(str(store.weights_path(index, "last")))
+    epochs_done = _resume_weights(context, index, head)
     if not done:
         callback = make_epoch_callback(store, context.state, index, head, config.patience, _epoch_logger(phase))
         head.fit(train_features, train.labels, batch_size=config.batch_size, epochs=phase.epochs,
@@ -214,9 +212,7 @@ def _fit_model(context: TrainingContext, index: int, phase: Phase, model: Any, d
     train, val = context.splits["train"], context.splits["val"]
     with context.strategy.scope():
         _compile(model, phase.learning_rate)
-    epochs_done = context.state.phases[index].epochs_done
-    if epochs_done > 0:
-        model.load_weights(str(store.weights_path(index, "last")))
+    epochs_done = _resume_weights(context, index, model)
     if not done:
         train_data = image_dataset(train.images, train.labels, context.preprocessing, config.batch_size,
                                    shuffle=True, augment=config.augment, seed=config.seed)
@@ -225,6 +221,14 @@ def _fit_model(context: TrainingContext, index: int, phase: Phase, model: Any, d
         model.fit(train_data, validation_data=val_data, epochs=phase.epochs,
                   initial_epoch=epochs_done, class_weight=weights, callbacks=[callback], verbose=0)
     return model
+
+
+def _resume_weights(context: TrainingContext, index: int, trained: Any) -> int:
+    """Load an interrupted phase's last epoch into ``trained``; return the epochs it had done."""
+    epochs_done = context.state.phases[index].epochs_done
+    if epochs_done > 0:
+        trained.load_weights(str(context.store.weights_path(index, "last")))
+    return epochs_done
 
 
 def _restore_best(context: TrainingContext, index: int, phase: Phase, trained: Any) -> None:
