@@ -14,9 +14,9 @@ import pytest
 
 from conftest import write_digits
 
-DIGITS_PER_CLASS = 30  # 240 train, 60 val images
+DIGITS_PER_CLASS = 40  # 320 train, 80 val images
 EPOCHS = 8
-MIN_ACCURACY = 0.5  # 10 balanced classes: chance, and any constant model, score 0.10
+MIN_ACCURACY = 0.4  # 10 balanced classes: chance, and any constant model, score 0.10
 MIN_AGREEMENT = 0.9  # int8 TFLite vs the QAT Keras model, top-1
 MAX_ACCURACY_GAP = 0.05  # int8 TFLite accuracy vs the QAT Keras model's, on the same images
 
