@@ -37,7 +37,6 @@ from edgeft import __version__
 from edgeft.bench.config import BenchConfig
 from edgeft.bench.targets import ResolvedTarget
 from edgeft.fileio import write_json_atomic, write_text_atomic
-from edgeft.progress import format_cell
 
 SCHEMA_VERSION = 1
 COLUMNS = ("artifact", "target", "threads", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "throughput_ips",
@@ -134,7 +133,9 @@ def write_reports(config: BenchConfig, rows: list[dict[str, Any]], targets: list
 
 
 def _fmt(value: Any) -> str:
-    return format_cell(value)  # the terminal table's cell format, in the Markdown file too
+    from edgeft.progress import format_cell  # the terminal table's cell format, in the Markdown file too
+
+    return format_cell(value)
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
