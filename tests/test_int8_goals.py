@@ -138,7 +138,7 @@ def qat_onnx(qat_model: Any, float_model: Any, size: int, calibration: np.ndarra
 
 
 def _compare(runner: Any, inputs: np.ndarray, labels: np.ndarray, keras_probs: np.ndarray) -> tuple[float, float]:
-    from edgeft.export.parity import check_artifact
+    from reference_runners import check_artifact
 
     parity = check_artifact(runner, inputs, labels, keras_probs, 0)
     return float(parity.accuracy), float(parity.agreement)
@@ -155,7 +155,7 @@ def _compare_tflite(path: Path, pixels: np.ndarray, inputs: np.ndarray, labels: 
     """
     from ai_edge_litert.interpreter import Interpreter
 
-    from edgeft.export.parity import TFLiteRunner
+    from reference_runners import TFLiteRunner
 
     interpreter = Interpreter(model_path=str(path))
     interpreter.allocate_tensors()
@@ -189,7 +189,7 @@ def _setup(run: Path) -> tuple[Any, Any, np.ndarray, np.ndarray, np.ndarray, np.
 
 @pytest.mark.slow
 def test_ptq_int8_keeps_float_accuracy(float_run: Path, tmp_path: Path) -> None:
-    from edgeft.export.parity import OnnxRunner
+    from reference_runners import OnnxRunner
 
     manifest, model, calibration, pixels, inputs, labels, probs = _setup(float_run)
     keras_accuracy = float(np.mean(probs.argmax(1) == labels))
@@ -209,7 +209,7 @@ def test_ptq_int8_keeps_float_accuracy(float_run: Path, tmp_path: Path) -> None:
     "(224) and 0.961 (128); TFLite QAT fed the uint8 pixels loses 1.31 points on hymenoptera-224"))
 def test_qat_int8_keeps_qat_accuracy(float_run: Path, qat_run: Path, tmp_path: Path) -> None:
     from edgeft.export import layer_errors as le
-    from edgeft.export.parity import OnnxRunner
+    from reference_runners import OnnxRunner
     from edgeft.tfcompat import load_keras_model
 
     manifest, qat_model, calibration, pixels, inputs, labels, probs = _setup(qat_run)

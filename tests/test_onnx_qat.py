@@ -87,7 +87,7 @@ def test_qdq_onnx_carries_the_qat_scales(models: tuple[Any, Any, np.ndarray], tm
     from onnx import numpy_helper
 
     from edgeft.export.onnx_qat import qat_activation_ranges, qat_qdq_onnx
-    from edgeft.export.parity import onnx_runner
+    from reference_runners import onnx_runner
 
     float_model, qat, pixels = models
     out = tmp_path / "qat.onnx"

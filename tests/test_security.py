@@ -177,7 +177,8 @@ def test_host_read_as_an_ssh_option_is_refused_from_command_line_fleet_and_profi
     fleet = tmp_path / "fleet.toml"
     fleet.write_text(f'[[target]]\nname = "pi"\nhost = "{evil_host}"\n')
     code, line, _ = _edgeft("bench", str(_dummy_model(tmp_path)), "--target", str(fleet), "--out", str(tmp_path / "b"))
-    assert code == 7 and line.startswith(f"error: bad target '{evil_host}': the host '{evil_host}' starts with '-'")
+    # long values are shortened in the message (a deep temporary path makes this one long)
+    assert code == 7 and line.startswith(f"error: bad target '{evil_host[:20]}") and "' starts with '-'" in line
     fleet.write_text('[[target]]\nname = "pi"\nhost = "raspberrypi"\nuser = "-oProxyCommand=x"\n')
     code, line, _ = _edgeft("bench", str(_dummy_model(tmp_path)), "--target", str(fleet), "--out", str(tmp_path / "b"))
     assert code == 7 and "the user '-oProxyCommand=x' starts with '-'" in line
