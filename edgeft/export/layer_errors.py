@@ -222,32 +222,22 @@ def onnx_layer_errors(qdq_path: Path, pixels: np.ndarray, preprocess: Callable[[
     Ranked by the SQNR (dB) each tensor's own Q/DQ pair leaves; with ``float_path`` each row also
     carries ``xmodel_sqnr_db``, the SQNR against the float model's tensor (what has accumulated).
     """
-    from onnxruntime.quantization import CalibrationDataReader
+    from edgeft.export.formats.onnx import pixel_reader
     from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_activation_error,
                                                          create_activation_matching,
                                                          modify_model_output_intermediate_tensors)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.index = 0
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            if self.index >= pixels.shape[0]:
-                return None
-            batch = preprocess(pixels[self.index : self.index + 1]).astype(np.float32)
-            self.index += 1
-            return {input_name: batch}
 
     try:
         with tempfile.TemporaryDirectory(prefix="edgeft-qdqdebug-") as tmp:
             augmented_qdq = Path(tmp) / "qdq_augmented.onnx"
             modify_model_output_intermediate_tensors(str(qdq_path), str(augmented_qdq))
-            qdq_acts = collect_activations(str(augmented_qdq), Reader(), execution_providers=["CPUExecutionProvider"])
+            qdq_acts = collect_activations(str(augmented_qdq), pixel_reader(pixels, preprocess, input_name),
+                                           execution_providers=["CPUExecutionProvider"])
             float_acts = None
             if float_path is not None:
                 augmented_float = Path(tmp) / "float_augmented.onnx"
                 modify_model_output_intermediate_tensors(str(float_path), str(augmented_float))
-                float_acts = collect_activations(str(augmented_float), Reader(),
+                float_acts = collect_activations(str(augmented_float), pixel_reader(pixels, preprocess, input_name),
                                                  execution_providers=["CPUExecutionProvider"])
             errors = compute_activation_error(create_activation_matching(qdq_acts, float_acts))
     except Exception as error:  # onnxruntime raises many types

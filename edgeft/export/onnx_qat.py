@@ -160,25 +160,14 @@ def qat_qdq_onnx(qat_model: Any, float_model: Any, image_size: int, pixels: np.n
     saturation of uint8 x int8 products on AVX2-only x86).
     """
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from edgeft.export.formats.onnx import keras_to_onnx
+    from edgeft.export.formats.onnx import keras_to_onnx, pixel_reader
 
     model = float_model_with_qat_weights(qat_model, float_model)
     proto = keras_to_onnx(model, image_size, opset)
     overrides = tensor_overrides(proto, model.name, qat_activation_ranges(qat_model), input_name)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.index = 0
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            if self.index >= pixels.shape[0]:
-                return None
-            batch = preprocess(pixels[self.index : self.index + 1]).astype(np.float32)
-            self.index += 1
-            return {input_name: batch}
 
     weights = QuantType.QUInt8 if weight_type == "uint8" else QuantType.QInt8
     with tempfile.TemporaryDirectory(prefix="edgeft-qatonnx-") as tmp:
@@ -190,7 +179,7 @@ def qat_qdq_onnx(qat_model: Any, float_model: Any, image_size: int, pixels: np.n
                 o for n in onnx.load(str(prepared)).graph.node for o in n.output}
             table = {name: [{"rmin": np.float32(min(lo, 0.0)), "rmax": np.float32(max(hi, 0.0))}]
                      for name, (lo, hi) in overrides.items() if name in present}
-            quantize_static(str(prepared), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            quantize_static(str(prepared), str(out_path), pixel_reader(pixels, preprocess, input_name), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=weights,
                             calibrate_method=CalibrationMethod.MinMax,
                             extra_options={"CalibTensorRangeSymmetric": False, "TensorQuantOverrides": table,

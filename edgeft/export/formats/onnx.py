@@ -54,12 +54,10 @@ def keras_to_onnx(model: Any, image_size: int, opset: int) -> Any:
     return proto
 
 
-def quantize_onnx_static(float_path: Path, out_path: Path, pixels: np.ndarray, preprocessing: Any,
-                         method: str, weights: OnnxWeights = OnnxWeights.UINT8) -> dict[str, Any]:
-    """Static QDQ int8 quantization of ``float_path`` with onnxruntime, written to ``out_path``."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+def pixel_reader(pixels: np.ndarray, preprocess: Any, input_name: str) -> Any:
+    """An onnxruntime calibration reader feeding ``preprocess(image)`` as float32, one uint8 image at a time."""
+    from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -68,9 +66,18 @@ def quantize_onnx_static(float_path: Path, out_path: Path, pixels: np.ndarray, p
         def get_next(self) -> dict[str, np.ndarray] | None:
             if self.index >= pixels.shape[0]:
                 return None
-            batch = preprocessing.apply(pixels[self.index : self.index + 1])
+            batch = np.asarray(preprocess(pixels[self.index : self.index + 1]), dtype=np.float32)
             self.index += 1
-            return {INPUT_NAME: batch}
+            return {input_name: batch}
+
+    return Reader()
+
+def quantize_onnx_static(float_path: Path, out_path: Path, pixels: np.ndarray, preprocessing: Any,
+                         method: str, weights: OnnxWeights = OnnxWeights.UINT8) -> dict[str, Any]:
+    """Static QDQ int8 quantization of ``float_path`` with onnxruntime, written to ``out_path``."""
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
@@ -81,7 +88,7 @@ def quantize_onnx_static(float_path: Path, out_path: Path, pixels: np.ndarray, p
         try:
             quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
             quantize_static(
-                str(prepared), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                str(prepared), str(out_path), pixel_reader(pixels, preprocessing.apply, INPUT_NAME), quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QUInt8, weight_type=weight_type, reduce_range=reduce_range,
                 calibrate_method=methods[method],
                 extra_options={"CalibTensorRangeSymmetric": False},
