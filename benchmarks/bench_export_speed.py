@@ -21,12 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from export_helpers import MOBILENET_035_WEIGHTS, build_run, make_shapes_dataset  # noqa: E402
+from _common import MOBILENET_035_WEIGHTS, ROOT  # noqa: E402
+
+from edgeft.testing import HeadRunSpec, ShapesSpec, build_head_run, write_shapes  # noqa: E402
 
 BACKBONES = [
     ("mobilenet_v2", 0.35, "shared"),
@@ -51,7 +51,7 @@ def main() -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="edgeft-bench-") as tmp:
         os.environ["EDGEFT_CACHE_DIR"] = str(Path(tmp) / "cache")
-        data = make_shapes_dataset(Path(tmp) / "data", per_class=8, val_per_class=4, size=240)
+        data = write_shapes(Path(tmp) / "data", ShapesSpec(per_class=8, val_per_class=4, size=240))
         for size in [int(s) for s in args.sizes.split(",")]:
             for backbone, alpha, weights in BACKBONES:
                 label = f"{backbone}" + (f" {alpha}" if alpha else "") + f" {size}px"
@@ -61,7 +61,8 @@ def main() -> int:
                     weights_path = MOBILENET_035_WEIGHTS if weights == "shared" else None
                 run = Path(tmp) / f"run-{backbone}-{alpha}-{size}"
                 print(f"[{time.monotonic() - started:6.0f}s] {label}: building the run", file=sys.stderr, flush=True)
-                build_run(run, data, backbone=backbone, alpha=alpha, image_size=size, weights=weights_path, epochs=1)
+                build_head_run(run, data, HeadRunSpec(backbone=backbone, alpha=alpha, image_size=size, weights=weights_path,
+                                                     epochs=1))
                 report = main_export(ExportConfig.from_flags(
                     run, Path(tmp) / f"export-{backbone}-{alpha}-{size}", formats=["tflite", "onnx"], int8=True,
                     calib_size=16, threads=args.threads, latency_runs=args.runs, max_drop=100.0))

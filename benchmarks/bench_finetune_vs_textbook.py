@@ -21,10 +21,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-DATA = SHARED / "datasets" / "hymenoptera_data"
-WEIGHTS = SHARED / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
+from _common import HYMENOPTERA as DATA
+from _common import MOBILENET_035_WEIGHTS as WEIGHTS
+from _common import ROOT as REPO
 
 EDGEFT_CHILD = r"""
 import json, resource, sys, time

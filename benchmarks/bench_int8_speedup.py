@@ -55,10 +55,11 @@ def model_label(backbone: str, alpha: float | None, size: int) -> str:
 
 
 def prepare(out: Path, which: str, runs: int) -> int:
-    sys.path.insert(0, str(ROOT / "tests"))
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from export_helpers import MOBILENET_035_WEIGHTS, build_run, make_shapes_dataset
+    from _common import MOBILENET_035_WEIGHTS
+
+    from edgeft.testing import HeadRunSpec, ShapesSpec, build_head_run, write_shapes
 
     from edgeft.export import ExportConfig, main_export
 
@@ -66,14 +67,15 @@ def prepare(out: Path, which: str, runs: int) -> int:
     models = []
     with tempfile.TemporaryDirectory(prefix="edgeft-int8-bench-") as tmp:
         os.environ["EDGEFT_CACHE_DIR"] = str(Path(tmp) / "cache")
-        data = make_shapes_dataset(Path(tmp) / "data", per_class=8, val_per_class=4, size=240)
+        data = write_shapes(Path(tmp) / "data", ShapesSpec(per_class=8, val_per_class=4, size=240))
         for backbone, alpha, size, weights, with_onnx in MODELS:
             label = model_label(backbone, alpha, size)
             formats = ["tflite", "onnx"] if (with_onnx or which == "full") else ["tflite"]
             weights_path = MOBILENET_035_WEIGHTS if weights == "shared" and MOBILENET_035_WEIGHTS.is_file() else None
             run = Path(tmp) / f"run-{label}"
             print(f"{label}: building and exporting {'/'.join(formats)}", file=sys.stderr, flush=True)
-            build_run(run, data, backbone=backbone, alpha=alpha, image_size=size, weights=weights_path, epochs=1)
+            build_head_run(run, data, HeadRunSpec(backbone=backbone, alpha=alpha, image_size=size, weights=weights_path,
+                                                 epochs=1))
             export = Path(tmp) / f"export-{label}"
             main_export(ExportConfig.from_flags(run, export, formats=formats, int8=True, calib_size=16,
                                                 latency_runs=0, max_drop=100.0))

@@ -22,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+from _common import ROOT, SHARED
+
 MODEL = SHARED / "models" / "tf2_mobilenet_v2_1.0_224_ptq.tflite"
 # The device layer run as a package, as on a device (standard library, numpy and an interpreter only).
 DEVICE = [sys.executable, "-m", "targets"]

@@ -19,16 +19,18 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
+from edgeft.data import IMAGE_SUFFIXES, cache_dir, decode_files, files_under, hash_file_identity
 from edgeft.errors import CalibrationError
+from edgeft.fileio import atomic_path
 from edgeft.preprocessing import Preprocessing
+from edgeft.run.rundir import Sample
 
 DEFAULT_CALIB_SIZE = 300
 CACHE_VERSION = "calib-v1"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 @dataclass(frozen=True)
@@ -55,11 +57,6 @@ class CalibrationSet:
         count = len(self) if limit is None else min(limit, len(self))
         for index in range(count):
             yield self.preprocessing.apply(self.pixels[index : index + 1])
-
-    def subset(self, size: int) -> "CalibrationSet":
-        """The first ``size`` images (the selection order is already stratified and shuffled)."""
-        return CalibrationSet(self.pixels[:size], self.labels[:size], self.preprocessing, self.source,
-                              f"{self.key}[:{size}]", self.cache_file)
 
     def describe(self) -> dict[str, object]:
         """What goes into reports and sidecars."""
@@ -100,91 +97,108 @@ def _files_in(directory: Path) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         raise CalibrationError(f"calibration directory not found: {directory}")
-    return sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not any(part.startswith(".") for part in p.relative_to(directory).parts))
+    return sorted(files_under(directory, IMAGE_SUFFIXES))
 
 
 def _cache_root() -> Path:
-    from edgeft.data.dataset import cache_dir
-
     return cache_dir() / "calib"
 
 
-def build_calibration_set(
-    preprocessing: Preprocessing,
-    image_size: int,
-    *,
-    train_samples: tuple | list | None = None,
-    data_hash: str = "",
-    size: int = DEFAULT_CALIB_SIZE,
-    seed: int = 0,
-    calib_dir: Path | None = None,
-    calib_list: Path | None = None,
-    use_cache: bool = True,
-) -> CalibrationSet:
+@dataclass(frozen=True)
+class CalibrationRequest:
+    """Which calibration set to build: how many images, from where, with which seed."""
+
+    size: int = DEFAULT_CALIB_SIZE
+    seed: int = 0
+    calib_dir: Path | None = None
+    calib_list: Path | None = None
+    use_cache: bool = True
+
+
+@dataclass(frozen=True)
+class _Candidates:
+    files: list[Path]
+    labels: np.ndarray  # -1 where unknown
+    source: str
+
+
+def build_calibration_set(preprocessing: Preprocessing, image_size: int, request: CalibrationRequest,
+                          train_samples: Sequence[Sample] = (), data_hash: str = "") -> CalibrationSet:
     """Select, decode and preprocess the calibration set, or raise :class:`CalibrationError`.
 
-    ``train_samples`` are :class:`edgeft.run.rundir.Sample` of the run's training split (used when
-    neither ``calib_dir`` nor ``calib_list`` is given); ``data_hash`` is the dataset's content hash.
+    ``train_samples`` are the run's training split (used when the request names neither a
+    directory nor a list); ``data_hash`` is the dataset's content hash.
     """
-    from edgeft.data.dataset import decode_files
+    if request.size < 1:
+        raise CalibrationError(f"--calib-size must be at least 1, got {request.size}")
+    candidates = _candidates(request, train_samples)
+    key = _cache_key(candidates, request, preprocessing, image_size, data_hash)
+    cache_file = _cache_root() / f"{key}.npz"
+    if request.use_cache and cache_file.is_file():
+        try:
+            with np.load(cache_file, allow_pickle=False) as cached:
+                return CalibrationSet(cached["pixels"], cached["labels"], preprocessing, candidates.source, key,
+                                      str(cache_file))
+        except (OSError, ValueError, KeyError):
+            pass  # rebuilt below
+    pixels, labels = _select_and_decode(candidates, request, image_size)
+    if request.use_cache:
+        _save_cache(cache_file, pixels, labels)
+    return CalibrationSet(pixels, labels, preprocessing, candidates.source, key,
+                          str(cache_file) if request.use_cache else None)
 
-    if size < 1:
-        raise CalibrationError(f"--calib-size must be at least 1, got {size}")
-    if calib_list is not None:
-        files = read_calib_list(Path(calib_list))
-        labels = np.full(len(files), -1, np.int64)
-        source = f"calib-list:{Path(calib_list).resolve()}"
-    elif calib_dir is not None:
-        files = _files_in(Path(calib_dir))
-        labels = np.full(len(files), -1, np.int64)
-        source = f"calib-dir:{Path(calib_dir).resolve()}"
+
+def _candidates(request: CalibrationRequest, train_samples: Sequence[Sample]) -> _Candidates:
+    """The images to choose from, in precedence order: --calib-list, --calib-dir, the train split."""
+    if request.calib_list is not None:
+        files = read_calib_list(Path(request.calib_list))
+        found = _Candidates(files, np.full(len(files), -1, np.int64),
+                            f"calib-list:{Path(request.calib_list).resolve()}")
+    elif request.calib_dir is not None:
+        files = _files_in(Path(request.calib_dir))
+        found = _Candidates(files, np.full(len(files), -1, np.int64), f"calib-dir:{Path(request.calib_dir).resolve()}")
     else:
-        samples = list(train_samples or [])
-        files = [Path(s.path) for s in samples]
-        labels = np.array([s.label for s in samples], np.int64)
-        source = "train-split"
-    if not files:
+        found = _Candidates([Path(s.path) for s in train_samples],
+                            np.array([s.label for s in train_samples], np.int64), "train-split")
+    if not found.files:
         raise CalibrationError(
             "no calibration images: the run has no training samples; pass --calib-dir DIR or --calib-list FILE"
         )
+    return found
 
+
+def _cache_key(candidates: _Candidates, request: CalibrationRequest, preprocessing: Preprocessing,
+               image_size: int, data_hash: str) -> str:
     identity = hashlib.sha256()
-    identity.update(json.dumps([CACHE_VERSION, source, data_hash, preprocessing.to_dict(), image_size, size, seed],
-                               sort_keys=True).encode())
+    identity.update(json.dumps([CACHE_VERSION, candidates.source, data_hash, preprocessing.to_dict(), image_size,
+                                request.size, request.seed], sort_keys=True).encode())
     if not data_hash:  # no content hash: fall back to file identity
-        from edgeft.data.dataset import hash_file_identity
+        hash_file_identity(identity, candidates.files)
+    return identity.hexdigest()[:24]
 
-        hash_file_identity(identity, files)
-    key = identity.hexdigest()[:24]
-    cache_file = _cache_root() / f"{key}.npz"
-    if use_cache and cache_file.is_file():
-        try:
-            with np.load(cache_file, allow_pickle=False) as cached:
-                return CalibrationSet(cached["pixels"], cached["labels"], preprocessing, source, key, str(cache_file))
-        except (OSError, ValueError, KeyError):
-            pass  # rebuilt below
 
-    order = stratified_selection(labels, size, seed) if source == "train-split" else \
-        np.random.default_rng(seed).permutation(len(files))
+def _select_and_decode(candidates: _Candidates, request: CalibrationRequest,
+                       image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Order the candidates (stratified for the train split, shuffled otherwise), decode, keep ``size``."""
+    files, labels = candidates.files, candidates.labels
+    order = stratified_selection(labels, request.size, request.seed) if candidates.source == "train-split" else \
+        np.random.default_rng(request.seed).permutation(len(files))
     # Decode more than needed only when files may fail; decode_files caches by file identity.
     chosen = [files[i] for i in order]
     pixels, failures = decode_files(chosen, image_size, label="decoding calibration images")
-    keep = [i for i, failure in enumerate(failures) if failure is None][:size]
+    keep = [i for i, failure in enumerate(failures) if failure is None][: request.size]
     if not keep:
-        raise CalibrationError(f"none of the {len(chosen)} calibration images could be decoded ({source})")
-    pixels = pixels[keep]
-    selected_labels = labels[order][keep]
-    if use_cache:
-        try:
-            from edgeft.fileio import atomic_path
+        raise CalibrationError(f"none of the {len(chosen)} calibration images could be decoded ({candidates.source})")
+    return pixels[keep], labels[order][keep]
 
-            with atomic_path(cache_file) as temp:
-                with open(temp, "wb") as handle:
-                    np.savez(handle, pixels=pixels, labels=selected_labels)
-        except OSError:
-            pass  # a read-only cache must not stop an export
-    return CalibrationSet(pixels, selected_labels, preprocessing, source, key, str(cache_file) if use_cache else None)
+
+def _save_cache(cache_file: Path, pixels: np.ndarray, labels: np.ndarray) -> None:
+    try:
+        with atomic_path(cache_file) as temp:
+            with open(temp, "wb") as handle:
+                np.savez(handle, pixels=pixels, labels=labels)
+    except OSError:
+        pass  # a read-only cache must not stop an export
 
 
 def calibration_for_run(run: "object", size: int = DEFAULT_CALIB_SIZE, seed: int = 0,
@@ -192,8 +206,6 @@ def calibration_for_run(run: "object", size: int = DEFAULT_CALIB_SIZE, seed: int
     """:func:`build_calibration_set` for an opened :class:`edgeft.run.rundir.RunDir`."""
     manifest = run.manifest  # type: ignore[attr-defined]
     train = manifest.splits.get("train", ())
-    return build_calibration_set(
-        manifest.preprocessing, manifest.image_size, train_samples=train,
-        data_hash=str(manifest.dataset.get("content_hash", "")), size=size, seed=seed,
-        calib_dir=calib_dir, calib_list=calib_list,
-    )
+    request = CalibrationRequest(size=size, seed=seed, calib_dir=calib_dir, calib_list=calib_list)
+    return build_calibration_set(manifest.preprocessing, manifest.image_size, request, train_samples=train,
+                                 data_hash=str(manifest.dataset.get("content_hash", "")))

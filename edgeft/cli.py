@@ -19,6 +19,12 @@ from edgeft import __version__
 from edgeft.errors import EdgeftError
 
 
+# What fits an 80-column terminal; the files keep every column.
+BENCH_TERMINAL_COLUMNS = ("artifact", "target", "threads", "p50_ms", "p90_ms", "peak_rss_mb", "accuracy", "runtime",
+                          "error")
+EXPORT_TERMINAL_COLUMNS = ("path", "size_bytes", "accuracy", "agreement", "latency_ms", "passed")
+
+
 def _emit_json(payload: Any) -> None:
     click.echo(json.dumps(payload, indent=2, sort_keys=True, default=str))
 
@@ -185,8 +191,13 @@ def bench(artifacts: tuple[Path, ...], targets: tuple[str, ...], threads: str | 
     summary = main_bench(config)
     if as_json:
         _emit_json(summary)
-    else:
-        click.echo((Path(config.out_dir) / "bench.md").read_text("utf-8"), nl=False)
+        return
+    from edgeft.progress import print_table
+
+    print_table(summary.get("rows", []), BENCH_TERMINAL_COLUMNS, title=f"edgeft bench -> {config.out_dir}")
+    for warning in summary.get("warnings") or []:
+        click.echo(f"warning: {warning}")
+    click.echo(f"all columns: {Path(config.out_dir) / 'bench.md'}, bench.csv, bench.json")
 
 
 @cli.group(invoke_without_command=True)
@@ -335,9 +346,9 @@ def export(run_dir: Path, formats: str, calib_sweep: str | None, in_process: boo
     if as_json:
         _emit_json(report)
         return
-    for artifact in report["artifacts"]:
-        accuracy = "-" if artifact["accuracy"] is None else f"{artifact['accuracy']:.4f}"
-        click.echo(f"{artifact['path']:<42} {artifact['size_bytes'] or 0:>10} B  accuracy {accuracy}")
+    from edgeft.progress import print_table
+
+    print_table(report["artifacts"], EXPORT_TERMINAL_COLUMNS, title=f"edgeft export -> {options['out_dir']}")
     click.echo(f"report: {Path(options['out_dir']) / 'export_report.md'}")
 
 

@@ -22,8 +22,12 @@ from edgeft.progress import log
 REQUIRED_ACCURACY = 0.90
 
 
-def write_digits(folder: Path) -> int:
-    """Write scikit-learn's digits as ``folder/<digit>/<n>.png`` (8x8 gray, 0..255); return the count."""
+def write_digits(folder: Path, per_class: int | None = None, classes: int = 10, seed: int = 0) -> int:
+    """Write scikit-learn's digits as ``folder/<digit>/<n>.png`` (8x8 gray, 0..255); return the count.
+
+    ``per_class`` takes that many of each of the first ``classes`` digits, chosen with ``seed``;
+    by default all 1,797 are written.
+    """
     try:
         from sklearn.datasets import load_digits
     except ImportError:
@@ -32,12 +36,22 @@ def write_digits(folder: Path) -> int:
 
     digits = load_digits()
     pixels = np.clip(digits.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
-    for index, (image, label) in enumerate(zip(pixels, digits.target)):
-        target = folder / str(label) / f"{index:04d}.png"
+    if per_class is None:
+        chosen = np.flatnonzero(digits.target < classes)
+    else:
+        rng = np.random.default_rng(seed)
+        chosen_parts = []
+        for label in range(classes):
+            members = np.flatnonzero(digits.target == label)
+            rng.shuffle(members)
+            chosen_parts.append(members[:per_class])
+        chosen = np.concatenate(chosen_parts)
+    for index in chosen:
+        target = folder / str(digits.target[index]) / f"{index:04d}.png"
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image, mode="L").save(target)
-    return len(pixels)
+            Image.fromarray(pixels[index], mode="L").save(target)
+    return len(chosen)
 
 
 def demo_options(data_dir: Path, run_dir: Path) -> dict[str, Any]:
@@ -93,12 +107,12 @@ def main_demo(out_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def _print_table(path: Path) -> None:
-    """Print a Markdown table the stage wrote, as the user would read it."""
-    if path.is_file():
-        log("")
-        log(path.read_text("utf-8").rstrip())
-        log("")
+def _print_table(rows: list[dict[str, Any]], columns: tuple[str, ...], title: str) -> None:
+    """Print a stage's main columns as a terminal table on stderr (its report file has them all)."""
+    from edgeft.progress import print_table
+
+    log("")
+    print_table(rows, columns, title=title, stderr=True)
 
 
 def _export_stage(run_dir: Path, export_dir: Path) -> dict[str, Any]:
@@ -112,10 +126,11 @@ def _export_stage(run_dir: Path, export_dir: Path) -> dict[str, Any]:
     except OutputMatchError as error:
         # Every artifact is written and measured; the demo shows the loss and goes on to the bench.
         parity_failure = error.message
-    _print_table(export_dir / "export_report.md")
+    report = json.loads((export_dir / "export_report.json").read_text("utf-8"))
+    _print_table(report["artifacts"], ("path", "accuracy", "agreement", "size_bytes", "latency_ms"),
+                 f"export ({export_dir / 'export_report.md'})")
     if parity_failure:
         log(f"warning: parity check: {parity_failure}")
-    report = json.loads((export_dir / "export_report.json").read_text("utf-8"))
     return {
         "parity_failure": parity_failure,
         "keras_accuracy": report["keras_accuracy"],
@@ -133,7 +148,8 @@ def _bench_stage(run_dir: Path, export_dir: Path, bench_dir: Path) -> dict[str, 
     config = BenchConfig(artifacts=(export_dir,), targets=("local",), out_dir=bench_dir, runs=50, warmup=5,
                          threads=(1,), eval_source=run_dir)
     result = main_bench(config)
-    _print_table(bench_dir / "bench.md")
+    _print_table(result.get("rows", []), ("artifact", "threads", "p50_ms", "accuracy", "runtime"),
+                 f"bench ({bench_dir / 'bench.md'})")
     return {"rows": [
         {key: row.get(key) for key in ("artifact", "threads", "p50_ms", "accuracy", "runtime", "runtime_version")}
         for row in result.get("rows", [])

@@ -7,13 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from edgeft.data import load_samples
-from edgeft.data.dataset import LoadedSplit, _class_dirs, decode_files, _files_under
+from edgeft.data import LoadedSplit, class_dirs, class_folder_files, load_entries, load_samples
 from edgeft.errors import DatasetError
 from edgeft.progress import log
 from edgeft.run import RunDir
 from edgeft.run.metrics import classification_report
-from edgeft.run.rundir import Sample
 
 
 def _folder_split(data_dir: Path, class_names: tuple[str, ...], image_size: int) -> tuple[LoadedSplit, int]:
@@ -21,22 +19,18 @@ def _folder_split(data_dir: Path, class_names: tuple[str, ...], image_size: int)
     root = Path(data_dir).expanduser().resolve()
     if not root.is_dir():
         raise DatasetError(f"data directory not found: {data_dir}")
-    found = {d.name for d in _class_dirs(root)}
+    found = {d.name for d in class_dirs(root)}
     unknown = sorted(found - set(class_names))
     if unknown:
         raise DatasetError(f"{root} has class folders the model does not know: {', '.join(unknown)} "
                            f"(its classes: {', '.join(class_names)})")
     if not found:
         raise DatasetError(f"no class folders in {root}")
-    entries = [(path, label) for label, name in enumerate(class_names) if (root / name).is_dir()
-               for path in _files_under(root / name)]
-    images, failures = decode_files([p for p, _ in entries], image_size, label="decoding images")
-    keep = [i for i, failure in enumerate(failures) if failure is None]
-    if not keep:
+    entries = class_folder_files(root, class_names)
+    split = load_entries(entries, image_size, label="decoding images")
+    if not split.samples:
         raise DatasetError(f"no usable image in {root}")
-    samples = tuple(Sample(str(entries[i][0]), entries[i][1]) for i in keep)
-    labels = np.array([s.label for s in samples], dtype=np.int32)
-    return LoadedSplit(samples, images[keep], labels), len(entries) - len(keep)
+    return split, len(entries) - len(split.samples)
 
 
 def main_evaluate(run_dir: Path, data_dir: Path | None = None) -> dict[str, Any]:

@@ -31,13 +31,6 @@ class Preprocessing:
             pixels = pixels[..., ::-1]
         return pixels * np.asarray(self.scale, np.float32) + np.asarray(self.offset, np.float32)
 
-    @property
-    def input_range(self) -> tuple[float, float]:
-        """The (min, max) model input that pixels 0..255 map to."""
-        lows = [o + min(0.0, 255.0 * s) for s, o in zip(self.scale, self.offset)]
-        highs = [o + max(0.0, 255.0 * s) for s, o in zip(self.scale, self.offset)]
-        return min(lows), max(highs)
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "formula": "input = pixel * scale + offset (pixel: 0..255, per channel)",
@@ -57,7 +50,6 @@ class Preprocessing:
 
 IDENTITY = Preprocessing()
 MINUS_ONE_TO_ONE = Preprocessing.uniform(1.0 / 127.5, -1.0)
-ZERO_TO_ONE = Preprocessing.uniform(1.0 / 255.0, 0.0)
 IMAGENET_MEAN_STD = Preprocessing(
     scale=(1 / (255 * 0.229), 1 / (255 * 0.224), 1 / (255 * 0.225)),
     offset=(-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225),

@@ -74,15 +74,56 @@ def keras() -> ModuleType:
     return tf_keras
 
 
+def _make_output_config() -> type:
+    import tensorflow_model_optimization as tfmot
+    from tensorflow_model_optimization.python.core.quantization.keras import quantizers
+
+    class OutputQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):  # type: ignore[misc]
+        """Fake-quantize only the layer's output (8 bit, asymmetric, per tensor, moving-average range).
+
+        What ``edgeft qat`` gives the layers tfmot's registry refuses (see
+        :mod:`edgeft.quantization.configs`); defined here because every saved QAT model refers to it.
+        """
+
+        def get_weights_and_quantizers(self, layer: Any) -> list:
+            return []
+
+        def get_activations_and_quantizers(self, layer: Any) -> list:
+            return []
+
+        def set_quantize_weights(self, layer: Any, quantize_weights: list) -> None:
+            pass
+
+        def set_quantize_activations(self, layer: Any, quantize_activations: list) -> None:
+            pass
+
+        def get_output_quantizers(self, layer: Any) -> list:
+            return [quantizers.MovingAverageQuantizer(num_bits=8, per_axis=False, symmetric=False, narrow_range=False)]
+
+        def get_config(self) -> dict:
+            return {}
+
+    OutputQuantizeConfig.__module__ = __name__
+    return OutputQuantizeConfig
+
+
+_OUTPUT_CONFIG: list[type] = []
+
+
+def output_quantize_config_class() -> type:
+    """The ``OutputQuantizeConfig`` class (built lazily so importing edgeft does not import TensorFlow)."""
+    if not _OUTPUT_CONFIG:
+        _OUTPUT_CONFIG.append(_make_output_config())
+    return _OUTPUT_CONFIG[0]
+
+
 def custom_objects() -> dict[str, Any]:
     """Custom layers and configs that edgeft's saved models may contain (QAT runs need tfmot's)."""
     try:
         import tensorflow_model_optimization  # noqa: F401
     except ImportError:
         return {}
-    from edgeft.quantization.configs import custom_objects as quantization_objects
-
-    return quantization_objects()
+    return {"OutputQuantizeConfig": output_quantize_config_class()}
 
 
 _ZIP_MAGIC = b"PK\x03\x04"

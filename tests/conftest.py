@@ -1,4 +1,4 @@
-"""Shared fixtures: paths to ../shared, datasets the tests write, and a CLI runner."""
+"""Shared fixtures: paths to ../shared (defined here only), datasets the tests write, and a CLI runner."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -59,39 +58,16 @@ def run_edgeft(*args: str, env: dict[str, str] | None = None, timeout: float = 6
 
 
 def write_digits(folder: Path, per_class: int = 60, classes: int = 10, seed: int = 0) -> Path:
-    """A class-folder PNG set of scikit-learn's real handwritten digits."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
+    """A class-folder PNG set of scikit-learn's real handwritten digits (the demo's writer); returns ``folder``."""
+    from edgeft.demo import write_digits as write
 
-    digits = load_digits()
-    rng = np.random.default_rng(seed)
-    for label in range(classes):
-        members = np.flatnonzero(digits.target == label)
-        rng.shuffle(members)
-        for index in members[:per_class]:
-            target = folder / str(label) / f"{index:04d}.png"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            pixels = np.clip(digits.images[index] * 255.0 / 16.0, 0, 255).astype(np.uint8)
-            Image.fromarray(pixels, mode="L").save(target)
+    write(folder, per_class=per_class, classes=classes, seed=seed)
     return folder
 
 
 def write_shapes(folder: Path, per_class: int = 12, size: int = 48, seed: int = 0) -> Path:
-    """A 2-class set (bright square vs dark disc on noise) written as JPEG and PNG."""
-    from PIL import Image, ImageDraw
+    """A 2-class set (disc vs square on noise) in class folders, written alternately as PNG and JPEG."""
+    from edgeft.testing import ShapesSpec
+    from edgeft.testing import write_shapes as write
 
-    rng = np.random.default_rng(seed)
-    for label, name in enumerate(("disc", "square")):
-        for index in range(per_class):
-            background = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
-            image = Image.fromarray(background)
-            draw = ImageDraw.Draw(image)
-            lo, hi = size // 4, 3 * size // 4
-            if label:
-                draw.rectangle([lo, lo, hi, hi], fill=(230, 230, 40))
-            else:
-                draw.ellipse([lo, lo, hi, hi], fill=(40, 90, 230))
-            target = folder / name / f"{index:03d}.{'jpg' if index % 2 else 'png'}"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            image.save(target)
-    return folder
+    return write(folder, ShapesSpec(("disc", "square"), per_class, 0, size, seed, ("png", "jpg")))

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import SHARED
 from edgeft import targets as device
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 MODEL = SHARED / "models" / "tf2_mobilenet_v2_1.0_224_ptq.tflite"
 needs_model = pytest.mark.skipif(not MODEL.is_file(), reason="../shared/models is absent (a user's checkout)")
 

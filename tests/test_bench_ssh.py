@@ -13,7 +13,7 @@ import pytest
 
 from sshd import ALIAS, sshd  # noqa: F401  (fixture)
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+from conftest import SHARED
 MODEL = SHARED / "models" / "tf2_mobilenet_v2_1.0_224_ptq.tflite"
 pytestmark = pytest.mark.skipif(not MODEL.is_file(), reason="../shared/models is absent (a user's checkout)")
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from export_helpers import mobilenet_run, session_export
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+from conftest import SHARED
+
 MODELS = SHARED / "models"
 MODEL = MODELS / "tf2_mobilenet_v2_1.0_224_ptq.tflite"
 LABELS = MODELS / "imagenet_labels.txt"

@@ -27,15 +27,6 @@ def test_profiles_exist_with_threads_and_pip_lines_per_python():
     assert get_profile("local").kind == "local"
 
 
-def test_toml_fallback_parser_matches_tomllib():
-    import tomllib
-
-    from edgeft.bench.profiles import _parse_toml_subset
-
-    for path in sorted((ROOT / "targets").glob("*.toml")):
-        assert _parse_toml_subset(path.read_text()) == tomllib.loads(path.read_text()), path.name
-
-
 def test_edgeft_targets_lists_them():
     out = subprocess.run([sys.executable, "-m", "edgeft", "targets", "--json"], capture_output=True, text=True,
                          timeout=60)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,60 +64,13 @@ class Profile:
 
 
 def parse_toml(text: str) -> dict[str, Any]:
-    """Parse TOML with tomllib (3.11+), or a tiny fallback for the subset the profiles use (3.10)."""
-    try:
+    """Parse TOML with the standard library's tomllib (3.11+) or its backport tomli (3.10)."""
+    if sys.version_info >= (3, 11):
         import tomllib
+    else:
+        import tomli as tomllib
 
-        return tomllib.loads(text)
-    except ImportError:
-        return _parse_toml_subset(text)
-
-
-_KEY = r'(?:"([^"]+)"|([A-Za-z0-9_\-]+))'
-
-
-def _parse_toml_subset(text: str) -> dict[str, Any]:
-    """Tables (``[a]``, ``[[a]]``), ``key = value`` with strings, numbers, booleans and flat arrays."""
-    import ast
-
-    root: dict[str, Any] = {}
-    current = root
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = _strip_comment(raw).strip()
-        if not line:
-            continue
-        if line.startswith("[["):
-            name = line.strip("[] ")
-            current = {}
-            root.setdefault(name, []).append(current)
-            continue
-        if line.startswith("["):
-            current = root.setdefault(line.strip("[] "), {})
-            continue
-        match = re.match(_KEY + r"\s*=\s*(.+)$", line)
-        if not match:
-            raise ValueError(f"line {number}: cannot parse {raw!r}")
-        key = match.group(1) or match.group(2)
-        value = match.group(3).strip()
-        lowered = value.replace("true", "True").replace("false", "False")
-        if value.startswith("'") and value.endswith("'"):
-            current[key] = value[1:-1]
-        else:
-            current[key] = ast.literal_eval(lowered if not value.startswith('"') else value)
-    return root
-
-
-def _strip_comment(line: str) -> str:
-    quote = None
-    for i, char in enumerate(line):
-        if quote:
-            if char == quote:
-                quote = None
-        elif char in "\"'":
-            quote = char
-        elif char == "#":
-            return line[:i]
-    return line
+    return tomllib.loads(text)
 
 
 def load_profile_file(path: Path) -> Profile:

@@ -148,13 +148,9 @@ def write_reports(config: BenchConfig, rows: list[dict[str, Any]], targets: list
 
 
 def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
-    return str(value)
+    from edgeft.progress import format_cell  # the terminal table's cell format, in the Markdown file too
+
+    return format_cell(value)
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:

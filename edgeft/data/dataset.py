@@ -15,7 +15,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection, Sequence
 
 import numpy as np
 
@@ -71,16 +71,33 @@ class DatasetIndex:
         }
 
 
-def _class_dirs(folder: Path) -> list[Path]:
+def class_dirs(folder: Path) -> list[Path]:
+    """The class folders of ``folder``: its sub-folders, hidden ones excepted, sorted by name."""
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _files_under(folder: Path) -> list[Path]:
+def files_under(folder: Path, suffixes: Collection[str] | None = None) -> list[Path]:
+    """Every file under ``folder``, recursively, hidden files and folders excepted.
+
+    Order: each folder's files by name, then its sub-folders by name (what the seeded splits
+    depend on). ``suffixes`` (lower case, with the dot, e.g. :data:`IMAGE_SUFFIXES`) keeps only those.
+    """
     files = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files.extend(Path(dirpath) / name for name in sorted(filenames) if not name.startswith("."))
+        files.extend(Path(dirpath) / name for name in sorted(filenames) if not name.startswith(".")
+                     and (suffixes is None or Path(name).suffix.lower() in suffixes))
     return files
+
+
+def class_folder_files(root: Path, class_names: Sequence[str],
+                       suffixes: Collection[str] | None = None) -> list[tuple[Path, int]]:
+    """``(path, label)`` for every file under ``root/<class>/``, label = the class's index in ``class_names``.
+
+    Classes without a folder under ``root`` contribute nothing.
+    """
+    return [(path, label) for label, name in enumerate(class_names) if (root / name).is_dir()
+            for path in files_under(root / name, suffixes)]
 
 
 def _content_hash(files: list[Path], root: Path) -> str:
@@ -200,7 +217,7 @@ def _split_folders(root: Path) -> dict[str, Path]:
     A folder whose every subfolder is named like a split (``train/`` alone, ``train/`` + ``eval/``...)
     is refused: training on it would learn to tell the split folders apart.
     """
-    subfolders = {d.name.lower(): d for d in _class_dirs(root)}
+    subfolders = {d.name.lower(): d for d in class_dirs(root)}
     found: dict[str, Path] = {}
     if "train" in subfolders:
         found["train"] = subfolders["train"]
@@ -244,7 +261,7 @@ def load_dataset(
     layout = "split_folders" if folders else "class_folders"
     source_splits = list(folders) if folders else ["all"]
     class_root = folders["train"] if folders else root
-    class_names = tuple(d.name for d in _class_dirs(class_root))
+    class_names = tuple(d.name for d in class_dirs(class_root))
     if len(class_names) < 2:
         raise DatasetError(
             f"need at least 2 class folders in {class_root}, found {len(class_names)}"
@@ -254,14 +271,11 @@ def load_dataset(
     listed: dict[str, list[tuple[Path, int]]] = {}
     for split in source_splits:
         split_root = root if split == "all" else folders[split]
-        entries: list[tuple[Path, int]] = []
-        for label, name in enumerate(class_names):
-            folder = split_root / name
-            if folder.is_dir():
-                entries.extend((path, label) for path in _files_under(folder))
-            elif split == "train" or split == "all":
-                raise DatasetError(f"class folder missing: {folder}")
-        extra = sorted(set(d.name for d in _class_dirs(split_root)) - set(class_names))
+        for name in class_names:
+            if not (split_root / name).is_dir() and split in ("train", "all"):
+                raise DatasetError(f"class folder missing: {split_root / name}")
+        entries = class_folder_files(split_root, class_names)
+        extra = sorted(set(d.name for d in class_dirs(split_root)) - set(class_names))
         if extra:
             raise DatasetError(f"{split_root} has class folders not in {class_root}: {', '.join(extra)}")
         listed[split] = entries
@@ -308,4 +322,12 @@ def load_samples(samples: tuple[Sample, ...] | list[Sample], image_size: int, la
     images, failures = decode_files(files, image_size, label=label)
     keep = [i for i, failure in enumerate(failures) if failure is None]
     kept = tuple(samples[i] for i in keep)
+    return LoadedSplit(kept, images[keep], np.array([s.label for s in kept], dtype=np.int32))
+
+
+def load_entries(entries: Sequence[tuple[Path, int]], image_size: int, label: str = "decoding images") -> LoadedSplit:
+    """Decode ``(path, label)`` pairs (for example :func:`class_folder_files`'); files that fail are dropped."""
+    images, failures = decode_files([path for path, _ in entries], image_size, label=label)
+    keep = [i for i, failure in enumerate(failures) if failure is None]
+    kept = tuple(Sample(str(entries[i][0]), int(entries[i][1])) for i in keep)
     return LoadedSplit(kept, images[keep], np.array([s.label for s in kept], dtype=np.int32))

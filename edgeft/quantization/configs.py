@@ -12,56 +12,12 @@ disable tfmot's Conv+BN folding.
 
 from __future__ import annotations
 
-from typing import Any
-
 # Layer classes (by class name) that are quantized with OutputQuantizeConfig.
 OUTPUT_QUANTIZED_LAYERS = ("Rescaling", "Normalization", "Multiply")
 
 
-def _base() -> type:
-    import tensorflow_model_optimization as tfmot
-
-    return tfmot.quantization.keras.QuantizeConfig
-
-
-def _make_output_config() -> type:
-    from tensorflow_model_optimization.python.core.quantization.keras import quantizers
-
-    class OutputQuantizeConfig(_base()):  # type: ignore[misc]
-        """Fake-quantize only the layer's output (8 bit, asymmetric, per tensor, moving-average range)."""
-
-        def get_weights_and_quantizers(self, layer: Any) -> list:
-            return []
-
-        def get_activations_and_quantizers(self, layer: Any) -> list:
-            return []
-
-        def set_quantize_weights(self, layer: Any, quantize_weights: list) -> None:
-            pass
-
-        def set_quantize_activations(self, layer: Any, quantize_activations: list) -> None:
-            pass
-
-        def get_output_quantizers(self, layer: Any) -> list:
-            return [quantizers.MovingAverageQuantizer(num_bits=8, per_axis=False, symmetric=False, narrow_range=False)]
-
-        def get_config(self) -> dict:
-            return {}
-
-    OutputQuantizeConfig.__module__ = __name__
-    return OutputQuantizeConfig
-
-
-_CACHE: dict[str, type] = {}
-
-
 def output_quantize_config_class() -> type:
-    """The :class:`OutputQuantizeConfig` class (built lazily so importing edgeft does not import TensorFlow)."""
-    if "output" not in _CACHE:
-        _CACHE["output"] = _make_output_config()
-    return _CACHE["output"]
+    """The :class:`OutputQuantizeConfig` class; it lives with the model loader, which saved QAT models need."""
+    from edgeft.tfcompat import output_quantize_config_class as config_class
 
-
-def custom_objects() -> dict[str, Any]:
-    """Objects a saved QAT model refers to by name."""
-    return {"OutputQuantizeConfig": output_quantize_config_class()}
+    return config_class()

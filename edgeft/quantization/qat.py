@@ -3,7 +3,7 @@
 The float run's flat functional model is annotated layer by layer: layers in tfmot's default
 8-bit registry get tfmot's own config, the layers listed in
 :data:`edgeft.quantization.configs.OUTPUT_QUANTIZED_LAYERS` get
-:class:`~edgeft.quantization.configs.OutputQuantizeConfig`, and anything else stops the command
+``OutputQuantizeConfig`` (defined in :mod:`edgeft.tfcompat`), and anything else stops the command
 with a :class:`QuantizationError` naming the layer. The annotated model is fine-tuned for a few
 epochs at a low learning rate on the run's training split (inputs preprocessed exactly as in
 training, so the input quantizer learns the range the model really gets) and written as a run
@@ -12,19 +12,19 @@ directory of the same shape (``kind: "qat"``, ``parent_run`` set).
 
 from __future__ import annotations
 
-import csv
-import io
 import time
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgeft.errors import QuantizationError, RunDirError, UsageError
 from edgeft.progress import log
+
+if TYPE_CHECKING:
+    from edgeft.run.rundir import RunDir, RunManifest
 
 
 @dataclass(frozen=True)
@@ -164,90 +164,122 @@ def _accuracy(model: Any, inputs: np.ndarray, labels: np.ndarray, batch_size: in
     return float(np.mean(np.argmax(probs, axis=1) == labels))
 
 
+@dataclass(frozen=True)
+class QATData:
+    """The float run's train and val splits, decoded and preprocessed as in training."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+
+
 def main_qat(config: QATConfig) -> dict[str, Any]:
     """Fine-tune the float run in ``config.run_dir`` with QAT and write ``config.out_dir``; return a summary."""
-    from edgeft.data.dataset import load_samples
-    from edgeft.fileio import atomic_path, write_json_atomic, write_text_atomic
-    from edgeft.run.rundir import HISTORY_FILE, LABELS_FILE, MANIFEST_FILE, METRICS_FILE, MODEL_FILE, RunDir
-    from edgeft.tfcompat import keras, package_versions, tf
+    from edgeft.run.rundir import ModelFormat, write_run_dir
 
     started = time.monotonic()
+    run = _open_float_run(config)
+    _seed(config.seed)
+    model = run.load_keras_model()
+    data = _load_data(run)
+    float_accuracy = _accuracy(model, data.x_val, data.y_val, config.batch_size)
+    log(f"qat: float model val accuracy {float_accuracy:.4f}; annotating {len(model.layers)} layers")
+    qat_model = _prepare_qat_model(model, config, data)
+    before = _accuracy(qat_model, data.x_val, data.y_val, config.batch_size)
+    log(f"qat: fake-quantized model before fine-tuning: val accuracy {before:.4f}; {config.epochs} epoch(s) "
+        f"at learning rate {config.learning_rate}")
+    history = _fine_tune(qat_model, config, data)
+    metrics = _metrics(qat_model, config, data, run.manifest.class_names)
+    metrics.update(float_val_accuracy=float_accuracy, val_accuracy_before_qat_training=before,
+                   wall_s=round(time.monotonic() - started, 2))
+    log(f"qat: val accuracy {metrics['val_accuracy']:.4f} (float {float_accuracy:.4f})")
+    write_run_dir(config.out_dir, qat_model, _qat_manifest(run, config, model), metrics, history,
+                  model_format=ModelFormat.HDF5)
+    log(f"done: QAT run -> {config.out_dir}")
+    return {"run_dir": str(config.out_dir), "parent_run": str(run.path), "backbone": run.manifest.backbone,
+            "image_size": run.manifest.image_size, "epochs": config.epochs, "learning_rate": config.learning_rate,
+            "float_val_accuracy": float_accuracy, "val_accuracy": metrics["val_accuracy"],
+            "wall_s": metrics["wall_s"]}
+
+
+def _open_float_run(config: QATConfig) -> RunDir:
+    """The float run to start from, refusing a QAT run, --out on itself and an unforced overwrite."""
+    from edgeft.run.rundir import MANIFEST_FILE, RunDir
+
     run = RunDir.open(config.run_dir)
-    manifest = run.manifest
-    if manifest.kind == "qat":
-        raise UsageError(f"{run.path} is already a QAT run; pass the float run it came from ({manifest.parent_run})")
+    if run.manifest.kind == "qat":
+        raise UsageError(f"{run.path} is already a QAT run; pass the float run it came from ({run.manifest.parent_run})")
     out = Path(config.out_dir)
     if out.resolve() == run.path.resolve():
         raise RunDirError(f"--out {out} is the float run itself; choose a new directory for the QAT run")
     if (out / MANIFEST_FILE).is_file() and not config.force:
         raise RunDirError(f"{out} already holds a complete run; pass --force to overwrite it")
+    return run
 
-    tf().random.set_seed(config.seed)
-    np.random.seed(config.seed)
-    k = keras()
-    model = run.load_keras_model()
+
+def _seed(seed: int) -> None:
+    from edgeft.tfcompat import tf
+
+    tf().random.set_seed(seed)
+    np.random.seed(seed)
+
+
+def _load_data(run: RunDir) -> QATData:
+    from edgeft.data import load_samples
+
+    manifest = run.manifest
     train = load_samples(run.samples("train"), manifest.image_size, label="decoding train images")
     val = load_samples(run.samples("val"), manifest.image_size, label="decoding val images")
     if len(train.samples) == 0:
         raise RunDirError(f"run {run.path} has no usable training image left for QAT fine-tuning")
-    x_train = manifest.preprocessing.apply(train.images)
-    x_val = manifest.preprocessing.apply(val.images)
-    float_accuracy = _accuracy(model, x_val, val.labels, config.batch_size)
-    log(f"qat: float model val accuracy {float_accuracy:.4f}; annotating {len(model.layers)} layers")
+    return QATData(manifest.preprocessing.apply(train.images), train.labels,
+                   manifest.preprocessing.apply(val.images), val.labels)
+
+
+def _prepare_qat_model(model: Any, config: QATConfig, data: QATData) -> Any:
+    """Annotate, quantize and compile the float model; set the quantizers' ranges from training data."""
+    from edgeft.tfcompat import keras
 
     # QAT adapts the weights to the quantization grid: every layer trains (a head-only float run froze the
     # backbone), except BatchNormalization, which stays frozen in inference mode with its statistics.
     for layer in model.layers:
         layer.trainable = type(layer).__name__ not in FOLDED_LAYERS
     qat_model = quantize_flat_model(model)
-    qat_model.compile(optimizer=k.optimizers.Adam(config.learning_rate), loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
-    used = initialize_ranges(qat_model, x_train, seed=config.seed)
+    qat_model.compile(optimizer=keras().optimizers.Adam(config.learning_rate),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    used = initialize_ranges(qat_model, data.x_train, seed=config.seed)
     log(f"qat: quantization ranges initialised from {used} training batches")
-    before = _accuracy(qat_model, x_val, val.labels, config.batch_size)
-    log(f"qat: fake-quantized model before fine-tuning: val accuracy {before:.4f}; {config.epochs} epoch(s) "
-        f"at learning rate {config.learning_rate}")
-    history = qat_model.fit(x_train, train.labels, validation_data=(x_val, val.labels) if len(val.labels) else None,
-                            epochs=config.epochs, batch_size=config.batch_size, shuffle=True, verbose=0)
-    qat_accuracy = _accuracy(qat_model, x_val, val.labels, config.batch_size)
-    log(f"qat: val accuracy {qat_accuracy:.4f} (float {float_accuracy:.4f})")
+    return qat_model
 
+
+def _fine_tune(qat_model: Any, config: QATConfig, data: QATData) -> list[dict[str, Any]]:
+    """Fit the QAT model; return ``history.csv``'s rows."""
+    validation = (data.x_val, data.y_val) if len(data.y_val) else None
+    history = qat_model.fit(data.x_train, data.y_train, validation_data=validation, epochs=config.epochs,
+                            batch_size=config.batch_size, shuffle=True, verbose=0)
+    logged = history.history
+    return [{"phase": "qat", "epoch": epoch + 1, **{key: round(float(values[epoch]), 6) for key, values in logged.items()}}
+            for epoch in range(len(logged.get("loss", [])))]
+
+
+def _metrics(qat_model: Any, config: QATConfig, data: QATData, class_names: tuple[str, ...]) -> dict[str, Any]:
+    """``metrics.json``'s validation part for the fine-tuned QAT model."""
     from edgeft.run.metrics import classification_report
 
-    probabilities = qat_model.predict(x_val, batch_size=config.batch_size, verbose=0)
-    metrics = {
-        "val_accuracy": qat_accuracy,
-        "float_val_accuracy": float_accuracy,
-        "val_accuracy_before_qat_training": before,
-        "test_accuracy": None,
-        "val": classification_report(val.labels, probabilities, manifest.class_names),
-        "wall_s": round(time.monotonic() - started, 2),
-    }
-    rows = []
-    for epoch in range(len(history.history.get("loss", []))):
-        rows.append({"phase": "qat", "epoch": epoch + 1,
-                     **{key: round(float(values[epoch]), 6) for key, values in history.history.items()}})
-    buffer = io.StringIO()
-    columns = ["phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
-    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
+    qat_accuracy = _accuracy(qat_model, data.x_val, data.y_val, config.batch_size)
+    probabilities = qat_model.predict(data.x_val, batch_size=config.batch_size, verbose=0)
+    return {"val_accuracy": qat_accuracy, "float_val_accuracy": None, "val_accuracy_before_qat_training": None,
+            "test_accuracy": None, "val": classification_report(data.y_val, probabilities, class_names),
+            "wall_s": None}
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST_FILE).unlink(missing_ok=True)  # the manifest marks a complete run: written last
-    with atomic_path(out / MODEL_FILE) as temp:
-        # tf-keras 2.21 cannot reload tfmot's QuantizeLayer from the zip (.keras v3) format ("expected 5
-        # variables, received 3"); its HDF5 writer round-trips exactly, and load_model recognises HDF5
-        # content under the .keras name, so the run directory keeps its contract.
-        with warnings.catch_warnings():  # the "HDF5 is legacy" advice does not apply, as said above
-            warnings.filterwarnings("ignore", message="You are saving your model as an HDF5 file")
-            qat_model.save(str(temp), save_format="h5")
-    write_text_atomic(out / LABELS_FILE, "\n".join(manifest.class_names) + "\n")
-    write_json_atomic(out / METRICS_FILE, metrics)
-    write_text_atomic(out / HISTORY_FILE, buffer.getvalue())
-    from dataclasses import replace
 
-    qat_manifest = replace(
+def _qat_manifest(run: RunDir, config: QATConfig, model: Any) -> RunManifest:
+    """The float run's manifest, marked as a QAT run of it with the QAT hyperparameters."""
+    from edgeft.tfcompat import package_versions
+
+    manifest = run.manifest
+    return replace(
         manifest, kind="qat", parent_run=str(run.path.resolve()),
         hyperparameters={"qat_epochs": config.epochs, "qat_learning_rate": config.learning_rate,
                          "qat_batch_size": config.batch_size, "parent": manifest.hyperparameters},
@@ -256,12 +288,6 @@ def main_qat(config: QATConfig) -> dict[str, Any]:
         extra=dict(manifest.extra, quantization={"scheme": "tfmot default 8-bit",
                                                  "output_quantized_layers": _output_quantized(model)}),
     )
-    write_json_atomic(out / MANIFEST_FILE, qat_manifest.to_dict())
-    summary = {"run_dir": str(out), "parent_run": str(run.path), "backbone": manifest.backbone,
-               "image_size": manifest.image_size, "epochs": config.epochs, "learning_rate": config.learning_rate,
-               "float_val_accuracy": float_accuracy, "val_accuracy": qat_accuracy, "wall_s": metrics["wall_s"]}
-    log(f"done: QAT run -> {out}")
-    return summary
 
 
 def _output_quantized(model: Any) -> list[str]:

@@ -6,9 +6,12 @@ from edgeft.run.rundir import (
     MANIFEST_FILE,
     METRICS_FILE,
     MODEL_FILE,
+    ModelFormat,
     RunDir,
     RunManifest,
     Sample,
+    history_csv,
+    write_run_dir,
 )
 
 __all__ = [
@@ -17,7 +20,10 @@ __all__ = [
     "MANIFEST_FILE",
     "METRICS_FILE",
     "MODEL_FILE",
+    "ModelFormat",
     "RunDir",
     "RunManifest",
     "Sample",
+    "history_csv",
+    "write_run_dir",
 ]

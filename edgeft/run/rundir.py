@@ -15,10 +15,14 @@ holds the state of an unfinished one.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import warnings
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from edgeft.errors import RunDirError
 from edgeft.preprocessing import Preprocessing
@@ -29,7 +33,12 @@ LABELS_FILE = "labels.txt"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 CHECKPOINT_DIR = ".checkpoints"
+CURVES_PLOT = "training_curves.png"
+CONFUSION_PLOT = "confusion_matrix.png"
+RUN_ARTIFACTS = (MODEL_FILE, LABELS_FILE, METRICS_FILE, HISTORY_FILE, MANIFEST_FILE, CURVES_PLOT, CONFUSION_PLOT)
 MANIFEST_VERSION = 1
+# history.csv: these columns first, in this order, then any other metric Keras logged, sorted.
+HISTORY_COLUMNS = ("phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy")
 
 
 @dataclass(frozen=True)
@@ -166,10 +175,6 @@ class RunDir:
     def model_path(self) -> Path:
         return self.path / MODEL_FILE
 
-    @property
-    def labels_path(self) -> Path:
-        return self.path / LABELS_FILE
-
     def metrics(self) -> dict[str, Any]:
         """The run's ``metrics.json`` (empty when absent)."""
         metrics_path = self.path / METRICS_FILE
@@ -188,3 +193,64 @@ class RunDir:
         from edgeft.tfcompat import load_keras_model
 
         return load_keras_model(self.model_path)
+
+
+class ModelFormat(str, Enum):
+    """How ``model.keras`` is written; both load with ``keras.models.load_model``."""
+
+    KERAS = "keras"  # the zip (.keras v3) format
+    # tf-keras 2.21 cannot reload tfmot's QuantizeLayer from the zip format ("expected 5 variables,
+    # received 3"); its HDF5 writer round-trips exactly, and load_model recognises HDF5 content under
+    # the .keras name, so a QAT run directory keeps the same contract.
+    HDF5 = "h5"
+
+
+def history_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """``history.csv``'s text: one row per epoch and phase, :data:`HISTORY_COLUMNS` first."""
+    extra = sorted({key for row in rows for key in row} - set(HISTORY_COLUMNS))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=[*HISTORY_COLUMNS, *extra], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_run_dir(out: Path, model: Any, manifest: RunManifest, metrics: dict[str, Any],
+                  history: Sequence[dict[str, Any]], model_format: ModelFormat = ModelFormat.KERAS) -> None:
+    """Write a complete run directory, each file atomically and the manifest last.
+
+    The old manifest is removed first, so a run directory being overwritten never looks complete
+    before its new manifest is in. With a validation report in ``metrics["val"]`` the training
+    curves and the confusion matrix are plotted too (when matplotlib is installed).
+    """
+    from edgeft.fileio import atomic_path, write_json_atomic, write_text_atomic
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST_FILE).unlink(missing_ok=True)
+    with atomic_path(out / MODEL_FILE) as temp:
+        if model_format is ModelFormat.HDF5:
+            with warnings.catch_warnings():  # Keras' "HDF5 is legacy" advice does not apply, as said above
+                warnings.filterwarnings("ignore", message="You are saving your model as an HDF5 file")
+                model.save(str(temp), save_format="h5")
+        else:
+            model.save(str(temp))
+    write_text_atomic(out / LABELS_FILE, "\n".join(manifest.class_names) + "\n")
+    write_json_atomic(out / METRICS_FILE, metrics)
+    write_text_atomic(out / HISTORY_FILE, history_csv(history))
+    if "val" in metrics:
+        _write_plots(out, manifest.class_names, metrics, history)
+    write_json_atomic(out / MANIFEST_FILE, manifest.to_dict())
+
+
+def _write_plots(out: Path, class_names: Sequence[str], metrics: dict[str, Any],
+                 history: Sequence[dict[str, Any]]) -> None:
+    from edgeft.progress import log
+    from edgeft.run.plots import plot_confusion_matrix, plot_history
+
+    try:
+        plot_history(list(history), out / CURVES_PLOT)
+        plot_confusion_matrix(metrics["val"]["confusion_matrix"], tuple(class_names), out / CONFUSION_PLOT,
+                              f"validation (accuracy {metrics['val_accuracy']:.3f})")
+    except ImportError:
+        log("warning: matplotlib is not installed; plots skipped")

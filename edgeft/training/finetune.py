@@ -2,41 +2,27 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 
-from edgeft.backbones import get_backbone
-from edgeft.backbones.weights import resolve_weights
-from edgeft.data import load_dataset
-from edgeft.data.dataset import LoadedSplit
+from edgeft.backbones import BackboneSpec, get_backbone
+from edgeft.backbones.weights import ResolvedWeights, resolve_weights
+from edgeft.data import DatasetIndex, LoadedSplit, load_dataset
 from edgeft.errors import AccuracyTargetError, DatasetError, RunDirError
-from edgeft.fileio import write_json_atomic, write_text_atomic
+from edgeft.preprocessing import Preprocessing
 from edgeft.progress import log
-from edgeft.run.rundir import (
-    CHECKPOINT_DIR,
-    HISTORY_FILE,
-    LABELS_FILE,
-    MANIFEST_FILE,
-    METRICS_FILE,
-    MODEL_FILE,
-    RunManifest,
-)
+from edgeft.run.rundir import CHECKPOINT_DIR, MANIFEST_FILE, RUN_ARTIFACTS, RunManifest, write_run_dir
 from edgeft.training.checkpoints import CheckpointStore, PhaseState, TrainingState, make_epoch_callback
 from edgeft.training.config import Distribution, FinetuneConfig
 from edgeft.training.model import build_classifier, count_blocks, recalibrate_batchnorm, set_trainable
 from edgeft.training.phases import Phase, plan_phases
 from edgeft.training.pipeline import class_weights, image_dataset
-
-RUN_ARTIFACTS = (MODEL_FILE, LABELS_FILE, METRICS_FILE, HISTORY_FILE, MANIFEST_FILE,
-                 "training_curves.png", "confusion_matrix.png")
-
 
 def prepare_run_dir(config: FinetuneConfig) -> CheckpointStore:
     """Refuse to clobber a complete run, require --resume/--force for an unfinished one (nothing is written yet)."""
@@ -120,8 +106,23 @@ def _compile(model: Any, learning_rate: float) -> None:
     )
 
 
-def _features(model: Any, splits: dict[str, LoadedSplit], config: FinetuneConfig, preprocessing: Any,
-              store: CheckpointStore) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class TrainingContext:
+    """What every step of one run shares: options, backbone, data, checkpoints, distribution strategy."""
+
+    config: FinetuneConfig
+    spec: BackboneSpec
+    splits: dict[str, LoadedSplit]
+    store: CheckpointStore
+    state: TrainingState
+    strategy: Any  # tf.distribute.Strategy
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.spec.preprocessing
+
+
+def _features(context: TrainingContext, model: Any) -> tuple[np.ndarray, np.ndarray]:
     """Pooled backbone features of the train and val splits, computed once and kept with the checkpoints.
 
     Both splits go through one ``predict`` call: each call traces the model anew, which on a
@@ -130,15 +131,15 @@ def _features(model: Any, splits: dict[str, LoadedSplit], config: FinetuneConfig
     from edgeft.fileio import atomic_path
     from edgeft.tfcompat import keras
 
-    train, val = splits["train"], splits["val"]
-    paths = store.features_path("train"), store.features_path("val")
+    train, val = context.splits["train"], context.splits["val"]
+    paths = context.store.features_path("train"), context.store.features_path("val")
     if all(path.is_file() for path in paths):
         cached = [np.load(path, allow_pickle=False) for path in paths]
         if cached[0].shape[0] == len(train.labels) and cached[1].shape[0] == len(val.labels):
             return cached[0], cached[1]
     extractor = keras().Model(model.input, model.get_layer("pool").output)
     images = np.concatenate([train.images, val.images])
-    dataset = image_dataset(images, None, preprocessing, config.batch_size)
+    dataset = image_dataset(images, None, context.preprocessing, context.config.batch_size)
     features = extractor.predict(dataset, verbose=0).astype(np.float32)
     parts = features[: len(train.labels)], features[len(train.labels):]
     for path, part in zip(paths, parts):
@@ -148,91 +149,109 @@ def _features(model: Any, splits: dict[str, LoadedSplit], config: FinetuneConfig
     return parts
 
 
-def _run_phase(
-    index: int,
-    phase: Phase,
-    model: Any,
-    splits: dict[str, LoadedSplit],
-    config: FinetuneConfig,
-    spec: Any,
-    preprocessing: Any,
-    store: CheckpointStore,
-    state: TrainingState,
-    strategy: Any,
-) -> None:
-    from edgeft.tfcompat import keras
-
-    k = keras()
-    phase_state = state.phases[index]
-    train, val = splits["train"], splits["val"]
-    weights = class_weights(train.labels, int(model.output_shape[-1])) if config.class_weight == "auto" else None
+def _run_phase(context: TrainingContext, index: int, phase: Phase, model: Any) -> None:
+    """Train one phase (or finish an interrupted one) and store its final weights."""
+    phase_state = context.state.phases[index]
     started = time.monotonic()
-    with strategy.scope():
-        trained_blocks = set_trainable(model, spec, phase.trainable, config.unfreeze, phase.batchnorm_trains)
+    _log_phase_start(context, phase, model)
+    done = phase_state.epochs_done >= phase.epochs or (
+        context.config.patience > 0 and phase_state.wait >= context.config.patience)
+    fit = _fit_head_on_features if phase.feature_cache else _fit_model
+    trained = fit(context, index, phase, model, done)
+    _restore_best(context, index, phase, trained)
+    if trained is not model:
+        model.get_layer("predictions").set_weights(trained.get_layer("predictions").get_weights())
+    context.store.save_weights(model, context.store.weights_path(index, "final"))
+    phase_state.finished = True
+    phase_state.wall_s += time.monotonic() - started
+    context.store.save(context.state)
+
+
+def _log_phase_start(context: TrainingContext, phase: Phase, model: Any) -> None:
+    """Set which layers train in ``phase`` and say so."""
+    config = context.config
+    with context.strategy.scope():
+        trained_blocks = set_trainable(model, context.spec, phase.trainable, config.unfreeze, phase.batchnorm_trains)
     described = {"head": "head only (backbone frozen)", "top_blocks": f"head + top {trained_blocks} blocks",
                  "all": "all layers"}[phase.trainable.value]
     log(f"phase {phase.name}: {described}, lr {phase.learning_rate:g}, up to {phase.epochs} epochs"
         + (", on cached backbone features" if phase.feature_cache else ""))
-    done = phase_state.epochs_done >= phase.epochs or (config.patience > 0 and phase_state.wait >= config.patience)
-    if phase.feature_cache:
-        train_features, val_features = _features(model, splits, config, preprocessing, store)
-        with strategy.scope():
-            head = k.Sequential(
-                [
-                    k.Input(shape=train_features.shape[1:]),
-                    k.layers.Dropout(config.dropout, name="dropout"),
-                    k.layers.Dense(int(model.output_shape[-1]), activation="softmax", name="predictions",
-                                   dtype="float32"),
-                ]
-            )
-            _compile(head, phase.learning_rate)
-        trained = head
-        if phase_state.epochs_done > 0:
-            head.load_weights(str(store.weights_path(index, "last")))
-        if not done:
-            callback = make_epoch_callback(store, state, index, head, config.patience, _epoch_logger(phase))
-            head.fit(train_features, train.labels, batch_size=config.batch_size, epochs=phase.epochs,
-                     initial_epoch=phase_state.epochs_done, validation_data=(val_features, val.labels),
-                     shuffle=True, class_weight=weights, callbacks=[callback], verbose=0)
-    else:
-        with strategy.scope():
-            _compile(model, phase.learning_rate)
-        trained = model
-        if phase_state.epochs_done > 0:
-            model.load_weights(str(store.weights_path(index, "last")))
-        if not done:
-            train_data = image_dataset(train.images, train.labels, preprocessing, config.batch_size, shuffle=True,
-                                       augment=config.augment, seed=config.seed)
-            val_data = image_dataset(val.images, val.labels, preprocessing, config.batch_size)
-            callback = make_epoch_callback(store, state, index, model, config.patience, _epoch_logger(phase))
-            model.fit(train_data, validation_data=val_data, epochs=phase.epochs,
-                      initial_epoch=phase_state.epochs_done, class_weight=weights, callbacks=[callback], verbose=0)
-    best = store.weights_path(index, "best")
+
+
+def _class_weights(context: TrainingContext, model: Any) -> dict[int, float] | None:
+    if context.config.class_weight != "auto":
+        return None
+    return class_weights(context.splits["train"].labels, int(model.output_shape[-1]))
+
+
+def _fit_head_on_features(context: TrainingContext, index: int, phase: Phase, model: Any, done: bool) -> Any:
+    """Train a stand-alone head on cached backbone features; return the head."""
+    from edgeft.tfcompat import keras
+
+    k = keras()
+    config, store = context.config, context.store
+    weights = _class_weights(context, model)
+    train, val = context.splits["train"], context.splits["val"]
+    train_features, val_features = _features(context, model)
+    with context.strategy.scope():
+        head = k.Sequential(
+            [
+                k.Input(shape=train_features.shape[1:]),
+                k.layers.Dropout(config.dropout, name="dropout"),
+                k.layers.Dense(int(model.output_shape[-1]), activation="softmax", name="predictions",
+                               dtype="float32"),
+            ]
+        )
+        _compile(head, phase.learning_rate)
+    epochs_done = _resume_weights(context, index, head)
+    if not done:
+        callback = make_epoch_callback(store, context.state, index, head, config.patience, _epoch_logger(phase))
+        head.fit(train_features, train.labels, batch_size=config.batch_size, epochs=phase.epochs,
+                 initial_epoch=epochs_done, validation_data=(val_features, val.labels),
+                 shuffle=True, class_weight=weights, callbacks=[callback], verbose=0)
+    return head
+
+
+def _fit_model(context: TrainingContext, index: int, phase: Phase, model: Any, done: bool) -> Any:
+    """Train the whole model (the layers ``phase`` unfroze) on images; return it."""
+    config, store = context.config, context.store
+    weights = _class_weights(context, model)
+    train, val = context.splits["train"], context.splits["val"]
+    with context.strategy.scope():
+        _compile(model, phase.learning_rate)
+    epochs_done = _resume_weights(context, index, model)
+    if not done:
+        train_data = image_dataset(train.images, train.labels, context.preprocessing, config.batch_size,
+                                   shuffle=True, augment=config.augment, seed=config.seed)
+        val_data = image_dataset(val.images, val.labels, context.preprocessing, config.batch_size)
+        callback = make_epoch_callback(store, context.state, index, model, config.patience, _epoch_logger(phase))
+        model.fit(train_data, validation_data=val_data, epochs=phase.epochs,
+                  initial_epoch=epochs_done, class_weight=weights, callbacks=[callback], verbose=0)
+    return model
+
+
+def _resume_weights(context: TrainingContext, index: int, trained: Any) -> int:
+    """Load an interrupted phase's last epoch into ``trained``; return the epochs it had done."""
+    epochs_done = context.state.phases[index].epochs_done
+    if epochs_done > 0:
+        trained.load_weights(str(context.store.weights_path(index, "last")))
+    return epochs_done
+
+
+def _restore_best(context: TrainingContext, index: int, phase: Phase, trained: Any) -> None:
+    """Load the phase's best epoch (lowest validation loss) into ``trained``, when one was kept."""
+    phase_state = context.state.phases[index]
+    best = context.store.weights_path(index, "best")
     if best.is_file():
         trained.load_weights(str(best))
         if phase_state.best_epoch < phase_state.epochs_done:
-            log(f"phase {phase.name}: restored best epoch {phase_state.best_epoch} (val_loss {phase_state.best_val_loss:.4f})")
-    if trained is not model:
-        model.get_layer("predictions").set_weights(trained.get_layer("predictions").get_weights())
-    store.save_weights(model, store.weights_path(index, "final"))
-    phase_state.finished = True
-    phase_state.wall_s += time.monotonic() - started
-    store.save(state)
+            log(f"phase {phase.name}: restored best epoch {phase_state.best_epoch} "
+                f"(val_loss {phase_state.best_val_loss:.4f})")
 
 
 def _predict(model: Any, split: LoadedSplit, preprocessing: Any, batch_size: int) -> np.ndarray:
     dataset = image_dataset(split.images, None, preprocessing, batch_size)
     return np.asarray(model.predict(dataset, verbose=0), dtype=np.float32)
-
-
-def _history_csv(rows: list[dict[str, Any]]) -> str:
-    columns = ["phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
-    extra = sorted({key for row in rows for key in row} - set(columns))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns + extra, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def collapse_warning(train_accuracy: float | None, val_accuracy: float, num_classes: int) -> str | None:
@@ -248,7 +267,6 @@ def main_finetune(config: FinetuneConfig) -> dict[str, Any]:
     """Train, evaluate and write a complete run directory; return the summary."""
     wall_start = time.monotonic()
     from edgeft import interrupts
-    from edgeft.data.dataset import missing_validation_classes
     from edgeft.outputs import check_output_location
 
     interrupts.advise("interrupted before training started; nothing to resume: run the same command again")
@@ -257,13 +275,41 @@ def main_finetune(config: FinetuneConfig) -> dict[str, Any]:
     spec = get_backbone(config.backbone)
     resolved = resolve_weights(spec, config.weights, config.alpha, config.image_size)
     index, splits = load_dataset(config.data_dir, config.image_size, config.val_split, config.seed)
-    missing = missing_validation_classes(index.class_names, splits)
+    _check_validation_classes(config, index.class_names, splits)
+    clear_for_new_run(config)
+    _log_inputs(config, resolved, index, splits)
+    strategy = _setup_tensorflow(config)
+    phases = plan_phases(config)
+    state = _training_state(config, store, phases, index.content_hash)
+    interrupts.advise("interrupted; run the same command with --resume to continue from the last completed epoch")
+    context = TrainingContext(config, spec, splits, store, state, strategy)
+    model = _build_model(context, resolved, len(index.class_names))
+    _train(context, phases, model)
+    metrics = _evaluate(context, phases, model, index.class_names)
+    metrics["wall_s"] = round(time.monotonic() - wall_start, 2)
+    write_run_dir(config.out_dir, model, _manifest(context, resolved, index), metrics, state.history)
+    shutil.rmtree(config.out_dir / CHECKPOINT_DIR, ignore_errors=True)
+    summary = _summary(context, resolved, metrics, len(index.skipped))
+    _check_accuracy_target(config, metrics["val_accuracy"])
+    return summary
+
+
+def _check_validation_classes(config: FinetuneConfig, class_names: tuple[str, ...],
+                              splits: dict[str, LoadedSplit]) -> None:
+    """Warn about classes the validation split lacks; refuse them when --min-accuracy must be judged."""
+    from edgeft.data.dataset import missing_validation_classes
+
+    missing = missing_validation_classes(class_names, splits)
     if missing and config.min_accuracy is not None:
         raise DatasetError(f"no validation image of class(es) {', '.join(missing)}: --min-accuracy cannot be "
                            "judged; add images of them to the validation split")
     if missing:
         log(f"warning: no validation image of class(es) {', '.join(missing)}: their accuracy is not measured")
-    clear_for_new_run(config)
+
+
+def _log_inputs(config: FinetuneConfig, resolved: ResolvedWeights, index: DatasetIndex,
+                splits: dict[str, LoadedSplit]) -> None:
+    """Say which weights and which data the run uses, and which files it skipped."""
     if resolved.warning:
         log(resolved.warning)
     weights_text = "random initialisation (--weights none)" if resolved.path is None else f"{resolved.path} ({resolved.origin})"
@@ -278,64 +324,74 @@ def main_finetune(config: FinetuneConfig) -> dict[str, Any]:
         log(f"skipped {len(index.skipped)} file(s): " + ", ".join(f"{n} {r}" for r, n in by_reason.items())
             + f" (listed in {config.out_dir / MANIFEST_FILE})")
 
-    strategy = _setup_tensorflow(config)
-    phases = plan_phases(config)
-    fingerprint = _fingerprint(config, index.content_hash)
-    if config.resume:
-        state = store.load()
-        if state.fingerprint != fingerprint:
-            changed = sorted(k for k in fingerprint if fingerprint[k] != state.fingerprint.get(k))
-            raise RunDirError(f"cannot resume {config.out_dir}: options or data differ from the interrupted run "
-                              f"({', '.join(changed)}); use the same options, or --force to start over")
-        done = sum(p.epochs_done for p in state.phases)
-        log(f"resuming {config.out_dir}: {done} epoch(s) already done")
-    else:
+
+def _training_state(config: FinetuneConfig, store: CheckpointStore, phases: list[Phase],
+                    content_hash: str) -> TrainingState:
+    """A fresh state (saved at once), or the interrupted run's with --resume if its options and data match."""
+    fingerprint = _fingerprint(config, content_hash)
+    if not config.resume:
         state = TrainingState(fingerprint, [PhaseState(p.name) for p in phases])
         store.save(state)
-    interrupts.advise("interrupted; run the same command with --resume to continue from the last completed epoch")
+        return state
+    state = store.load()
+    if state.fingerprint != fingerprint:
+        changed = sorted(k for k in fingerprint if fingerprint[k] != state.fingerprint.get(k))
+        raise RunDirError(f"cannot resume {config.out_dir}: options or data differ from the interrupted run "
+                          f"({', '.join(changed)}); use the same options, or --force to start over")
+    done = sum(p.epochs_done for p in state.phases)
+    log(f"resuming {config.out_dir}: {done} epoch(s) already done")
+    return state
 
-    preprocessing = spec.preprocessing
-    with strategy.scope():
-        model = build_classifier(spec, config.alpha, config.image_size, len(index.class_names), resolved.path,
-                                 config.dropout)
+
+def _build_model(context: TrainingContext, resolved: ResolvedWeights, num_classes: int) -> Any:
+    """The flat classifier: backbone with the resolved weights, pooling, dropout, softmax head."""
+    config, spec = context.config, context.spec
+    with context.strategy.scope():
+        model = build_classifier(spec, config.alpha, config.image_size, num_classes, resolved.path, config.dropout)
     if config.strategy.value == "partial":
         available = count_blocks(model, spec)
         if config.unfreeze > available:
             log(f"warning: --unfreeze {config.unfreeze} exceeds the {available} blocks of {spec.name}; unfreezing all")
+    return model
 
+
+def _train(context: TrainingContext, phases: list[Phase], model: Any) -> None:
+    """Run the phases not finished yet, leave the last phase's final weights in ``model``."""
+    store, state = context.store, context.state
     loaded_final = -1
     for number, phase in enumerate(phases):
         if state.phases[number].finished:
             continue
         if number > 0 and loaded_final != number - 1:
             model.load_weights(str(store.weights_path(number - 1, "final")))
-        _run_phase(number, phase, model, splits, config, spec, preprocessing, store, state, strategy)
+        _run_phase(context, number, phase, model)
         loaded_final = number
     if loaded_final != len(phases) - 1:
         model.load_weights(str(store.weights_path(len(phases) - 1, "final")))
-
     if any(p.batchnorm_trains for p in phases):
-        batches = image_dataset(splits["train"].images, None, preprocessing, config.batch_size, shuffle=True,
-                                seed=config.seed)
+        batches = image_dataset(context.splits["train"].images, None, context.preprocessing,
+                                context.config.batch_size, shuffle=True, seed=context.config.seed)
         used = recalibrate_batchnorm(model, batches)
         log(f"BatchNorm statistics re-estimated on {used} training batches")
 
-    log("evaluating on the validation split")
+
+def _evaluate(context: TrainingContext, phases: list[Phase], model: Any,
+              class_names: tuple[str, ...]) -> dict[str, Any]:
+    """``metrics.json``'s content (but ``wall_s``): the val and test reports, phases, collapse warning."""
     from edgeft.run.metrics import classification_report
 
+    log("evaluating on the validation split")
+    splits, state = context.splits, context.state
     evaluations: dict[str, dict[str, Any]] = {}
     for split_name in ("val", "test"):
         if split_name in splits and len(splits[split_name].samples):
-            probabilities = _predict(model, splits[split_name], preprocessing, config.batch_size)
-            evaluations[split_name] = classification_report(splits[split_name].labels, probabilities,
-                                                            index.class_names)
+            probabilities = _predict(model, splits[split_name], context.preprocessing, context.config.batch_size)
+            evaluations[split_name] = classification_report(splits[split_name].labels, probabilities, class_names)
     train_accuracy = next((row.get("accuracy") for row in reversed(state.history) if "accuracy" in row), None)
     val_accuracy = float(evaluations["val"]["accuracy"])
-    warning = collapse_warning(train_accuracy, val_accuracy, len(index.class_names))
+    warning = collapse_warning(train_accuracy, val_accuracy, len(class_names))
     if warning:
         log(f"warning: {warning}")
-
-    wall_s = time.monotonic() - wall_start
     metrics: dict[str, Any] = {
         "val_accuracy": val_accuracy,
         "test_accuracy": evaluations["test"]["accuracy"] if "test" in evaluations else None,
@@ -348,55 +404,18 @@ def main_finetune(config: FinetuneConfig) -> dict[str, Any]:
             for p, s in zip(phases, state.phases)
         ],
         "collapse_warning": warning,
-        "wall_s": round(wall_s, 2),
+        "wall_s": None,
     }
     if "test" in evaluations:
         metrics["test"] = evaluations["test"]
-    _write_run(config, spec, resolved, index, splits, state, model, metrics)
-    summary = {
-        "run_dir": str(config.out_dir),
-        "backbone": spec.name,
-        "alpha": config.alpha,
-        "image_size": config.image_size,
-        "strategy": config.strategy.value,
-        "weights": resolved.origin if resolved.path else "none",
-        "val_accuracy": val_accuracy,
-        "test_accuracy": metrics["test_accuracy"],
-        "epochs": {p["name"]: p["epochs_run"] for p in metrics["phases"]},
-        "wall_s": metrics["wall_s"],
-        "skipped_files": len(index.skipped),
-    }
-    log(f"done: val_accuracy {val_accuracy:.4f}"
-        + (f", test_accuracy {metrics['test_accuracy']:.4f}" if metrics["test_accuracy"] is not None else "")
-        + f" in {wall_s:.1f}s -> {config.out_dir}")
-    if config.min_accuracy is not None and val_accuracy < config.min_accuracy:
-        raise AccuracyTargetError(
-            f"val_accuracy {val_accuracy:.4f} is below --min-accuracy {config.min_accuracy}; the run is saved in "
-            f"{config.out_dir}"
-        )
-    return summary
+    return metrics
 
 
-def _write_run(config: FinetuneConfig, spec: Any, resolved: Any, index: Any, splits: dict[str, LoadedSplit],
-               state: TrainingState, model: Any, metrics: dict[str, Any]) -> None:
-    """Write every artifact atomically, the manifest last, then drop the checkpoints."""
-    from edgeft.fileio import atomic_path
-    from edgeft.run.plots import plot_confusion_matrix, plot_history
+def _manifest(context: TrainingContext, resolved: ResolvedWeights, index: DatasetIndex) -> RunManifest:
     from edgeft.tfcompat import package_versions
 
-    out = config.out_dir
-    with atomic_path(out / MODEL_FILE) as temp:
-        model.save(str(temp))
-    write_text_atomic(out / LABELS_FILE, "\n".join(index.class_names) + "\n")
-    write_json_atomic(out / METRICS_FILE, metrics)
-    write_text_atomic(out / HISTORY_FILE, _history_csv(state.history))
-    try:
-        plot_history(state.history, out / "training_curves.png")
-        plot_confusion_matrix(metrics["val"]["confusion_matrix"], index.class_names, out / "confusion_matrix.png",
-                              f"validation (accuracy {metrics['val_accuracy']:.3f})")
-    except ImportError:
-        log("warning: matplotlib is not installed; plots skipped")
-    manifest = RunManifest(
+    config, spec = context.config, context.spec
+    return RunManifest(
         kind="float",
         backbone=spec.name,
         alpha=config.alpha,
@@ -404,8 +423,8 @@ def _write_run(config: FinetuneConfig, spec: Any, resolved: Any, index: Any, spl
         preprocessing=spec.preprocessing,
         class_names=index.class_names,
         data_dir=str(index.root),
-        splits={name: split.samples for name, split in splits.items()},
-        dataset=index.report(splits),
+        splits={name: split.samples for name, split in context.splits.items()},
+        dataset=index.report(context.splits),
         strategy=config.strategy.value,
         weights=str(resolved.path) if resolved.path else "none",
         hyperparameters=config.hyperparameters(),
@@ -414,5 +433,34 @@ def _write_run(config: FinetuneConfig, spec: Any, resolved: Any, index: Any, spl
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         extra={"weights_origin": resolved.origin},
     )
-    write_json_atomic(out / MANIFEST_FILE, manifest.to_dict())
-    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+
+
+def _summary(context: TrainingContext, resolved: ResolvedWeights, metrics: dict[str, Any],
+             skipped_files: int) -> dict[str, Any]:
+    """The command's summary (``--json``), also said in one line on stderr."""
+    config = context.config
+    summary = {
+        "run_dir": str(config.out_dir),
+        "backbone": context.spec.name,
+        "alpha": config.alpha,
+        "image_size": config.image_size,
+        "strategy": config.strategy.value,
+        "weights": resolved.origin if resolved.path else "none",
+        "val_accuracy": metrics["val_accuracy"],
+        "test_accuracy": metrics["test_accuracy"],
+        "epochs": {p["name"]: p["epochs_run"] for p in metrics["phases"]},
+        "wall_s": metrics["wall_s"],
+        "skipped_files": skipped_files,
+    }
+    log(f"done: val_accuracy {metrics['val_accuracy']:.4f}"
+        + (f", test_accuracy {metrics['test_accuracy']:.4f}" if metrics["test_accuracy"] is not None else "")
+        + f" in {metrics['wall_s']:.1f}s -> {config.out_dir}")
+    return summary
+
+
+def _check_accuracy_target(config: FinetuneConfig, val_accuracy: float) -> None:
+    if config.min_accuracy is not None and val_accuracy < config.min_accuracy:
+        raise AccuracyTargetError(
+            f"val_accuracy {val_accuracy:.4f} is below --min-accuracy {config.min_accuracy}; the run is saved in "
+            f"{config.out_dir}"
+        )
