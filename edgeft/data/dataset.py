@@ -19,7 +19,7 @@ from typing import Any, Collection, Sequence
 
 import numpy as np
 
-from edgeft.data.images import ImageDecodeError, decode_image
+from edgeft.data.images import ImageError, SkipReason, decode_image
 from edgeft.errors import DatasetError, UsageError
 from edgeft.progress import track
 from edgeft.run.rundir import Sample
@@ -159,8 +159,8 @@ def decode_files(files: list[Path], size: int, label: str = "decoding images") -
     def decode(path: Path) -> np.ndarray | tuple[str, str]:
         try:
             return decode_image(path, size)
-        except ImageDecodeError as error:
-            return error.reason.value, error.detail[:200]
+        except ImageError as error:
+            return (error.reason or SkipReason.UNREADABLE).value, error.detail[:200]
 
     # Pillow releases the GIL while decoding, so threads use every core; each worker holds
     # one image at a time, which keeps memory flat for huge photos.
