@@ -237,6 +237,22 @@ def test_steps_import_other_steps_only_as_declared() -> None:
         assert others <= used, (step, others - used)
 
 
+def _package_of(module: str) -> str:
+    """The top-level unit a module belongs to: its LAYERS entry (a package such as ``edgeft.data``, or a module)."""
+    return layer_of(module)[1]
+
+
+def test_no_module_imports_private_names_of_another_package() -> None:
+    """Helpers whose names start with ``_`` stay inside their package (``evaluation`` once borrowed ``data``'s)."""
+    borrowed = []
+    for imp in ALL_IMPORTS:
+        target = _project_module(imp.target)
+        if target and _package_of(target) != _package_of(imp.source):
+            private = [name for name in imp.names if name.startswith("_") and not name.endswith("__")]
+            borrowed += [f"{imp.source}:{imp.line} imports {target}.{name}" for name in private]
+    assert borrowed == []
+
+
 # --------------------------------------------------------------------------- the device layer
 
 
