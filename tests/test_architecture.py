@@ -11,8 +11,8 @@ Layers, lowest first (a module imports only from its own layer or below):
   ``STEP_IMPORTS`` says so.
 - ``app``: the CLI and the demo that chain the steps.
 
-Edges are explicit imports, at module level and inside functions; imports under
-``if TYPE_CHECKING:`` are annotations and do not run.
+Edges are explicit imports anywhere in a module: at module level, inside functions and under
+``if TYPE_CHECKING:`` (an annotation that needs a higher layer is a layering fault too).
 """
 
 from __future__ import annotations
@@ -78,25 +78,8 @@ def _modules() -> dict[str, Path]:
 MODULES = _modules()
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
 def _import_nodes(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
-    """Every import statement that runs: module level and in functions, not under ``if TYPE_CHECKING``."""
-    found: list[ast.Import | ast.ImportFrom] = []
-    pending: list[ast.AST] = [tree]
-    while pending:
-        node = pending.pop()
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            found.append(node)
-        elif isinstance(node, ast.If) and _is_type_checking(node):
-            pending.extend(node.orelse)
-            continue
-        pending.extend(ast.iter_child_nodes(node))
-    return sorted(found, key=lambda n: n.lineno)
+    return sorted((n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))), key=lambda n: n.lineno)
 
 
 def imports_of(module: str, path: Path) -> list[Import]:
@@ -196,7 +179,15 @@ def test_the_graph_sees_known_imports() -> None:
     assert "edgeft.targets.images" in graph["edgeft.data.images"] or DEVICE_PACKAGE in graph["edgeft.data.images"]
     assert "edgeft.errors" in graph["edgeft.cli"]
     assert "edgeft.targets.contract" in graph["edgeft.targets.images"]  # relative imports resolve
-    assert "edgeft.export.config" not in graph["edgeft.export.formats"]  # TYPE_CHECKING only
+    assert "edgeft.tfcompat" in graph["edgeft.run.rundir"] or "edgeft.tfcompat" in graph["edgeft.training.model"]
+
+
+def test_imports_in_functions_and_under_type_checking_count(tmp_path: Path) -> None:
+    path = tmp_path / "probe.py"
+    path.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from edgeft.cli import cli\n"
+                    "def f():\n    from . import errors\n    import edgeft.export.spec as spec\n")
+    targets = {imp.target for imp in imports_of("edgeft.probe", path)}
+    assert {"edgeft.cli", "edgeft.errors", "edgeft.export.spec"} <= targets
 
 
 def test_cycle_finder_finds_a_cycle() -> None:
