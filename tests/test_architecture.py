@@ -312,3 +312,14 @@ def test_importing_edgeft_the_cli_and_the_runtime_loads_no_tensorflow() -> None:
     assert out.returncode == 0, out.stderr
     lines = [line for line in out.stdout.splitlines() if line.startswith("edgeft")]
     assert lines == ["edgeft []", "edgeft.runtime [] False", "edgeft.cli []"], out.stdout
+
+
+def test_one_image_decoder() -> None:
+    """Only the device layer's ``images`` module opens image files: training, predict, runtime and bundles share it."""
+    decoders = set()
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in ("open", "exif_transpose") and (
+                    isinstance(node.value, ast.Name) and node.value.id in ("Image", "ImageOps")):
+                decoders.add(module)
+    assert decoders == {"edgeft.targets.images"}
