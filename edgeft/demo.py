@@ -127,7 +127,7 @@ def _export_stage(run_dir: Path, export_dir: Path) -> dict[str, Any]:
         # Every artifact is written and measured; the demo shows the loss and goes on to the bench.
         parity_failure = error.message
     report = json.loads((export_dir / "export_report.json").read_text("utf-8"))
-    _print_table(report["artifacts"], ("path", "accuracy", "agreement", "size_bytes", "latency_ms"),
+    _print_table(report["artifacts"], ("path", "accuracy", "agreement", "size_bytes", "p50_ms"),
                  f"export ({export_dir / 'export_report.md'})")
     if parity_failure:
         log(f"warning: parity check: {parity_failure}")

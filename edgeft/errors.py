@@ -21,38 +21,40 @@ class EdgeftError(Exception):
         return self.message
 
 
-class UsageError(EdgeftError):
-    """An option or combination of options that cannot work."""
+class InputError(EdgeftError):
+    """Bad input (exit code 2): an option, a data folder, a run directory or a model edgeft cannot use as given."""
 
     exit_code = 2
 
 
-class DatasetError(EdgeftError):
-    """The data directory cannot be used (missing, fewer than two classes, empty class)."""
-
-    exit_code = 2
-
-
-class WeightsNotFoundError(EdgeftError):
-    """Pretrained weights were asked for but are neither local nor downloadable."""
+class NotAvailableError(EdgeftError):
+    """Something needed is neither installed nor found: pretrained weights, an optional dependency (exit code 3)."""
 
     exit_code = 3
+
+
+class UsageError(InputError):
+    """An option or combination of options that cannot work."""
+
+
+class DatasetError(InputError):
+    """The data directory cannot be used (missing, fewer than two classes, empty class)."""
+
+
+class WeightsNotFoundError(NotAvailableError):
+    """Pretrained weights were asked for but are neither local nor downloadable."""
 
 
 class UnknownBackboneError(UsageError):
     """The backbone name is not in the registry."""
 
 
-class RunDirError(EdgeftError):
+class RunDirError(InputError):
     """A run directory is missing, incomplete, corrupted, or would be overwritten."""
 
-    exit_code = 2
 
-
-class MissingDependencyError(EdgeftError):
+class MissingDependencyError(NotAvailableError):
     """An optional dependency needed for this command is not installed."""
-
-    exit_code = 3
 
 
 class AccuracyTargetError(EdgeftError):
@@ -61,16 +63,12 @@ class AccuracyTargetError(EdgeftError):
     exit_code = 4
 
 
-class QuantizationError(EdgeftError):
+class QuantizationError(InputError):
     """A model (or one of its layers) cannot be quantized as asked."""
 
-    exit_code = 2
 
-
-class CalibrationError(EdgeftError):
+class CalibrationError(InputError):
     """No usable calibration data for post-training integer quantization."""
-
-    exit_code = 2
 
 
 class ExportError(EdgeftError):
@@ -85,10 +83,8 @@ class OutputMatchError(EdgeftError):
     exit_code = 6
 
 
-class ModelFileError(EdgeftError):
+class ModelFileError(InputError):
     """A model file is missing, corrupted, or cannot be loaded by the runtime."""
-
-    exit_code = 2
 
 
 class TargetError(EdgeftError):

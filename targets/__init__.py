@@ -8,7 +8,7 @@ and on the host as ``edgeft.targets``, where export validates with it, bench pus
 Modules: :mod:`.contract` (sidecar name and schema, evaluation file, job and result, pins),
 :mod:`.backends` (one per runtime, by file suffix), :mod:`.preprocess`, :mod:`.flatbuffer`,
 :mod:`.measure`, :mod:`.device`, :mod:`.model`, :mod:`.bench`, :mod:`.__main__`; for apps,
-:mod:`.images` (any image -> pixels, as training decodes) and :mod:`.classifier`.
+:mod:`.images` (any image -> pixels: the one decoder, training's too) and :mod:`.classifier`.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from .classifier import ArgumentError, Classifier
 from .contract import (DEVICE_VERSION, EVAL_ARRAYS, MARKER_FILE, PINS, DeviceError, install_hint, load_eval,
                        pins_for, pip_line, read_sidecar, sidecar_path, validate_sidecar, write_eval)
 from .flatbuffer import EDGEFT_METADATA_KEY, edgeft_metadata, min_runtime_version, tflite_metadata
-from .images import ImageError, load_image
+from .images import ImageError, SkipReason, load_image
 from .measure import latency_stats, p50_ms, peak_rss_mb, time_invocations
 from .model import Model
 from .preprocess import dequantize, prepare_input, resize_images
 
 __all__ = [
-    "ArgumentError", "Classifier", "ImageError", "load_image",
+    "ArgumentError", "Classifier", "ImageError", "SkipReason", "load_image",
     "DEVICE_VERSION", "EDGEFT_METADATA_KEY", "EVAL_ARRAYS", "MARKER_FILE", "PINS", "Backend", "DeviceError", "Model", "backend_for",
     "backend_names", "dequantize", "edgeft_metadata", "import_tflite", "install_hint", "known_suffixes", "latency_stats", "load_eval",
     "min_runtime_version", "p50_ms", "peak_rss_mb", "pins_for", "pip_line", "prepare_input", "read_sidecar",

@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import HYMENOPTERA, require_shared, run_edgeft, write_shapes
 from edgeft.data import SkipReason, decode_image, load_dataset
-from edgeft.data.images import ImageDecodeError
+from edgeft.targets import ImageError, load_image
 
 
 def _solid(mode: str, colour: object, size: tuple[int, int] = (20, 10)) -> Image.Image:
@@ -64,6 +64,40 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     assert pixels[17, 10, 2] > 180 and pixels[17, 10, 0] < 80
 
 
+def test_la_and_cmyk_images_decode_to_their_rgb_values(tmp_path: Path) -> None:
+    # LA: gray 100 at alpha 128 over white -> 100 * 128/255 + 255 * 127/255 = 177.2
+    Image.new("LA", (12, 12), (100, 128)).save(tmp_path / "la.png")
+    # CMYK (0, 255, 255, 0) is pure red; (0, 0, 0, 128) a mid gray
+    Image.new("CMYK", (12, 12), (0, 255, 255, 0)).save(tmp_path / "red.jpg", quality=100)
+    Image.new("CMYK", (12, 12), (0, 0, 0, 128)).save(tmp_path / "gray.tiff")
+    expected = {"la.png": (177, 177, 177), "red.jpg": (255, 0, 0), "gray.tiff": (127, 127, 127)}
+    for name, rgb in expected.items():
+        pixels = decode_image(tmp_path / name, 8)
+        assert np.abs(pixels.reshape(-1, 3).astype(int) - rgb).max() <= 2, (name, pixels[4, 4].tolist())
+
+
+def test_runtime_decodes_sixteen_bit_files_and_images_as_training_does(tmp_path: Path) -> None:
+    """One decoder: an app handing a 16-bit file, or the PIL image of one, gets training's pixels."""
+    gradient = np.linspace(0, 65535, 48 * 48).reshape(48, 48).astype(np.uint16)
+    Image.fromarray(gradient).save(tmp_path / "gray16.png")  # mode I;16
+    training = decode_image(tmp_path / "gray16.png", 32)
+    assert abs(int(training[..., 0].max()) - 255) <= 2 and int(training[..., 0].min()) <= 2  # not clipped to white
+    np.testing.assert_array_equal(load_image(tmp_path / "gray16.png", (32, 32)), training)
+    with Image.open(tmp_path / "gray16.png") as image:
+        np.testing.assert_array_equal(load_image(image, (32, 32)), training)
+
+
+def test_decoder_refusals_carry_a_reason_and_a_one_line_message(tmp_path: Path) -> None:
+    (tmp_path / "empty.png").write_bytes(b"")
+    for path, reason in ((tmp_path / "empty.png", SkipReason.EMPTY), (tmp_path / "missing.png", SkipReason.UNREADABLE),
+                         (tmp_path, SkipReason.UNREADABLE)):
+        with pytest.raises(ImageError) as caught:
+            decode_image(path, 16)
+        assert caught.value.reason is reason
+        assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+        assert str(path) not in caught.value.detail  # the manifest lists the path separately
+
+
 @pytest.mark.parametrize(
     "content,reason",
     [
@@ -74,7 +108,7 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
 def test_bad_files_raise_with_reason(tmp_path: Path, content: bytes, reason: SkipReason) -> None:
     path = tmp_path / "bad.jpg"
     path.write_bytes(content)
-    with pytest.raises(ImageDecodeError) as caught:
+    with pytest.raises(ImageError) as caught:
         decode_image(path, 16)
     assert caught.value.reason is reason
 
@@ -85,7 +119,7 @@ def test_truncated_jpeg_is_reported(tmp_path: Path) -> None:
     Image.fromarray(rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(path, quality=90)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ImageDecodeError) as caught:
+    with pytest.raises(ImageError) as caught:
         decode_image(path, 16)
     assert caught.value.reason is SkipReason.TRUNCATED
 

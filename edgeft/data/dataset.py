@@ -19,7 +19,7 @@ from typing import Any, Collection, Sequence
 
 import numpy as np
 
-from edgeft.data.images import ImageDecodeError, decode_image
+from edgeft.data.images import ImageError, SkipReason, decode_image
 from edgeft.errors import DatasetError, UsageError
 from edgeft.progress import track
 from edgeft.run.rundir import Sample
@@ -140,27 +140,24 @@ def decode_files(files: list[Path], size: int, label: str = "decoding images") -
     Results are cached on disk by file identity (path, size, mtime) and image size, so a
     second training, evaluation or calibration on the same files does not decode again.
     """
-    key = _decode_key(files, size)
-    cache_file = cache_dir() / "decoded" / f"{key}.npz"
-    if cache_file.is_file():
-        try:
-            with np.load(cache_file, allow_pickle=False) as cached:
-                images = cached["images"]
-                reasons = cached["reasons"].tolist()
-                details = cached["details"].tolist()
-            failures = [None if not r else (r, d) for r, d in zip(reasons, details)]
-            if len(failures) == len(files):
-                return images, failures
-        except (OSError, ValueError, KeyError):
-            pass  # a damaged cache entry is simply rebuilt
+    cache_file = cache_dir() / "decoded" / f"{_decode_key(files, size)}.npz"
+    cached = _read_decoded(cache_file, len(files))
+    if cached is not None:
+        return cached
+    images, failures = _decode_in_threads(files, size, label)
+    _write_decoded(cache_file, images, failures)
+    return images, failures
+
+
+def _decode_in_threads(files: list[Path], size: int, label: str) -> tuple[np.ndarray, list[tuple[str, str] | None]]:
     images = np.zeros((len(files), size, size, 3), dtype=np.uint8)
     failures: list[tuple[str, str] | None] = []
 
     def decode(path: Path) -> np.ndarray | tuple[str, str]:
         try:
             return decode_image(path, size)
-        except ImageDecodeError as error:
-            return error.reason.value, error.detail[:200]
+        except ImageError as error:
+            return (error.reason or SkipReason.UNREADABLE).value, error.detail[:200]
 
     # Pillow releases the GIL while decoding, so threads use every core; each worker holds
     # one image at a time, which keeps memory flat for huge photos.
@@ -172,9 +169,27 @@ def decode_files(files: list[Path], size: int, label: str = "decoding images") -
                 failures.append(None)
             else:
                 failures.append(result)
-    try:
-        from edgeft.fileio import atomic_path
+    return images, failures
 
+
+def _read_decoded(cache_file: Path, count: int) -> tuple[np.ndarray, list[tuple[str, str] | None]] | None:
+    if not cache_file.is_file():
+        return None
+    try:
+        with np.load(cache_file, allow_pickle=False) as cached:
+            images = cached["images"]
+            reasons = cached["reasons"].tolist()
+            details = cached["details"].tolist()
+    except (OSError, ValueError, KeyError):
+        return None  # a damaged cache entry is simply rebuilt
+    failures = [None if not r else (r, d) for r, d in zip(reasons, details)]
+    return (images, failures) if len(failures) == count else None
+
+
+def _write_decoded(cache_file: Path, images: np.ndarray, failures: list[tuple[str, str] | None]) -> None:
+    from edgeft.fileio import atomic_path
+
+    try:
         with atomic_path(cache_file) as temp:
             with open(temp, "wb") as handle:
                 np.savez(
@@ -185,7 +200,10 @@ def decode_files(files: list[Path], size: int, label: str = "decoding images") -
                 )
     except OSError:
         pass  # caching is an optimisation; a read-only home must not stop training
-    return images, failures
+
+
+def _kept(failures: list[tuple[str, str] | None]) -> list[int]:
+    return [i for i, failure in enumerate(failures) if failure is None]
 
 
 def _stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -257,59 +275,65 @@ def load_dataset(
     if not 0.0 < val_split < 1.0:
         raise UsageError(f"--val-split must be between 0 and 1, got {val_split}")
     folders = _split_folders(root)
-    has_split_folders = "val" in folders
-    layout = "split_folders" if folders else "class_folders"
-    source_splits = list(folders) if folders else ["all"]
     class_root = folders["train"] if folders else root
+    class_names = _class_names(class_root)
+    listed = _list_splits(root, folders, class_names, class_root)
+    content_hash = _content_hash([path for entries in listed.values() for path, _ in entries], root)
+    decoded, skipped = _decode_splits(root, listed, image_size)
+    training = decoded["train" if folders else "all"]
+    present = set(training.labels.tolist())
+    for label, name in enumerate(class_names):
+        if label not in present:
+            raise DatasetError(f"class '{name}' has no usable image in {class_root / name}")
+    if "val" not in folders:  # carve val from the training images; a test/ split stays for the final evaluation
+        train_idx, val_idx = _stratified_split(training.labels, val_split, seed)
+        carved = {"train": _subset(training, train_idx), "val": _subset(training, val_idx)}
+        decoded = dict(carved, **{k: v for k, v in decoded.items() if k == "test"})
+    if len(decoded["val"].samples) == 0:
+        raise DatasetError(f"no usable validation image in {folders.get('val', class_root)}")
+    layout = "split_folders" if folders else "class_folders"
+    return DatasetIndex(root, layout, class_names, tuple(skipped), content_hash), decoded
+
+
+def _class_names(class_root: Path) -> tuple[str, ...]:
     class_names = tuple(d.name for d in class_dirs(class_root))
     if len(class_names) < 2:
         raise DatasetError(
             f"need at least 2 class folders in {class_root}, found {len(class_names)}"
             + (f" ({class_names[0]})" if class_names else "")
         )
+    return class_names
 
+
+def _list_splits(root: Path, folders: dict[str, Path], class_names: tuple[str, ...],
+                 class_root: Path) -> dict[str, list[tuple[Path, int]]]:
+    """``(path, label)`` per source split (``all`` for plain class folders); every split has the same classes."""
     listed: dict[str, list[tuple[Path, int]]] = {}
-    for split in source_splits:
+    for split in (list(folders) if folders else ["all"]):
         split_root = root if split == "all" else folders[split]
         for name in class_names:
             if not (split_root / name).is_dir() and split in ("train", "all"):
                 raise DatasetError(f"class folder missing: {split_root / name}")
-        entries = class_folder_files(split_root, class_names)
         extra = sorted(set(d.name for d in class_dirs(split_root)) - set(class_names))
         if extra:
             raise DatasetError(f"{split_root} has class folders not in {class_root}: {', '.join(extra)}")
-        listed[split] = entries
+        listed[split] = class_folder_files(split_root, class_names)
+    return listed
 
-    all_files = [path for entries in listed.values() for path, _ in entries]
-    content_hash = _content_hash(all_files, root)
+
+def _decode_splits(root: Path, listed: dict[str, list[tuple[Path, int]]],
+                   image_size: int) -> tuple[dict[str, LoadedSplit], list[SkippedFile]]:
     skipped: list[SkippedFile] = []
     decoded: dict[str, LoadedSplit] = {}
     for split, entries in listed.items():
-        files = [path for path, _ in entries]
-        images, failures = decode_files(files, image_size, label=f"decoding {split} images")
-        keep = [i for i, failure in enumerate(failures) if failure is None]
+        images, failures = decode_files([path for path, _ in entries], image_size, label=f"decoding {split} images")
         for (path, _), failure in zip(entries, failures):
             if failure is not None:
                 skipped.append(SkippedFile(str(path.relative_to(root)), failure[0], failure[1]))
-        labels = np.array([entries[i][1] for i in keep], dtype=np.int32)
+        keep = _kept(failures)
         samples = tuple(Sample(str(entries[i][0]), int(entries[i][1])) for i in keep)
-        decoded[split] = LoadedSplit(samples, images[keep], labels)
-
-    training = decoded["train" if folders else "all"]
-    present = set(training.labels.tolist())
-    for label, name in enumerate(class_names):
-        if label not in present:
-            raise DatasetError(f"class '{name}' has no usable image in {class_root / name}")
-
-    if not has_split_folders:  # carve val from the training images; a test/ split stays for the final evaluation
-        train_idx, val_idx = _stratified_split(training.labels, val_split, seed)
-        carved = {"train": _subset(training, train_idx), "val": _subset(training, val_idx)}
-        decoded = dict(carved, **{k: v for k, v in decoded.items() if k == "test"})
-    if len(decoded["val"].samples) == 0:
-        raise DatasetError(f"no usable validation image in {folders['val'] if has_split_folders else class_root}")
-
-    index = DatasetIndex(root, layout, class_names, tuple(skipped), content_hash)
-    return index, decoded
+        decoded[split] = LoadedSplit(samples, images[keep], np.array([s.label for s in samples], dtype=np.int32))
+    return decoded, skipped
 
 
 def _subset(split: LoadedSplit, indices: np.ndarray) -> LoadedSplit:
@@ -320,7 +344,7 @@ def load_samples(samples: tuple[Sample, ...] | list[Sample], image_size: int, la
     """Decode the recorded samples of a run's split (files that fail now are dropped)."""
     files = [Path(s.path) for s in samples]
     images, failures = decode_files(files, image_size, label=label)
-    keep = [i for i, failure in enumerate(failures) if failure is None]
+    keep = _kept(failures)
     kept = tuple(samples[i] for i in keep)
     return LoadedSplit(kept, images[keep], np.array([s.label for s in kept], dtype=np.int32))
 
@@ -328,6 +352,6 @@ def load_samples(samples: tuple[Sample, ...] | list[Sample], image_size: int, la
 def load_entries(entries: Sequence[tuple[Path, int]], image_size: int, label: str = "decoding images") -> LoadedSplit:
     """Decode ``(path, label)`` pairs (for example :func:`class_folder_files`'); files that fail are dropped."""
     images, failures = decode_files([path for path, _ in entries], image_size, label=label)
-    keep = [i for i, failure in enumerate(failures) if failure is None]
+    keep = _kept(failures)
     kept = tuple(Sample(str(entries[i][0]), int(entries[i][1])) for i in keep)
     return LoadedSplit(kept, images[keep], np.array([s.label for s in kept], dtype=np.int32))

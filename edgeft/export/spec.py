@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 
 
 class Format(str, Enum):
@@ -68,3 +69,13 @@ class ArtifactSpec:
     @property
     def key(self) -> str:
         return f"{self.format}:{self.precision.value}"
+
+
+class Requested(Protocol):
+    """What an export asks the registry to plan: format names and precisions (an ``ExportConfig`` has both)."""
+
+    @property
+    def formats(self) -> tuple[str, ...]: ...
+
+    @property
+    def precisions(self) -> tuple[Precision, ...]: ...

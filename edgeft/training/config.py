@@ -88,6 +88,7 @@ class FinetuneConfig:
     @classmethod
     def from_options(
         cls,
+        *,
         data_dir: Path,
         out_dir: Path,
         backbone: str = "mobilenet_v2",
@@ -113,52 +114,21 @@ class FinetuneConfig:
         resume: bool = False,
         force: bool = False,
     ) -> "FinetuneConfig":
-        """Fill defaults and reject impossible combinations with a one-line :class:`UsageError`."""
+        """Fill defaults and reject impossible combinations with a one-line :class:`UsageError`.
+
+        The keywords are ``edgeft finetune``'s options, one each (None: the default for the backbone,
+        strategy or weights chosen).
+        """
         spec = get_backbone(backbone)
-        size = spec.default_size if image_size is None else image_size
-        if size > MAX_IMAGE_SIZE:
-            raise UsageError(f"--image-size {size} is above the largest size edgeft trains at ({MAX_IMAGE_SIZE} px; "
-                             f"{spec.name} was trained on ImageNet at {spec.default_size} px)")
+        size = _checked_image_size(spec, image_size)
         alpha = spec.check(alpha, size)
-        weights = weights.strip()
-        if weights.lower() in ("imagenet", "none"):
-            weights = weights.lower()
-        elif not Path(weights).expanduser().is_file():
-            raise UsageError(f"--weights must be imagenet, none, or an existing .h5 file; not found: {weights}")
-        else:
-            weights = str(Path(weights).expanduser().resolve())
-        if strategy is None:
-            chosen = Strategy.FULL if weights == "none" else Strategy.HEAD
-        else:
-            chosen = Strategy(strategy)
-        if weights == "none" and chosen is not Strategy.FULL:
-            raise UsageError(
-                f"--strategy {chosen.value} needs pretrained weights: a frozen random backbone gives the same "
-                "features for every image; use --strategy full with --weights none"
-            )
-        if unfreeze is not None and chosen is not Strategy.PARTIAL:
-            raise UsageError("--unfreeze applies to --strategy partial only")
-        for name, value in (("--epochs", epochs), ("--fine-tune-epochs", fine_tune_epochs)):
-            if value is not None and value < 0:
-                raise UsageError(f"{name} must be >= 0, got {value}")
-        for name, rate in (("--learning-rate", learning_rate), ("--fine-tune-learning-rate", fine_tune_learning_rate)):
-            if rate is not None and not (0.0 < rate <= 1.0):
-                raise UsageError(f"{name} must be in (0, 1], got {rate}")
-        if not 0.0 < val_split < 1.0:
-            raise UsageError(f"--val-split is a fraction in (0, 1), got {val_split}")
-        if patience < 0:
-            raise UsageError(f"--patience must be >= 0 (0 turns early stopping off), got {patience}")
-        if batch_size < 1:
-            raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
-        if not 0.0 <= dropout < 1.0:
-            raise UsageError(f"--dropout must be in [0, 1), got {dropout}")
-        if min_accuracy is not None and not 0.0 <= min_accuracy <= 1.0:
-            raise UsageError(f"--min-accuracy is a fraction in 0..1, got {min_accuracy}")
+        weights = _resolved_weights(weights)
+        chosen = _chosen_strategy(strategy, weights, unfreeze)
+        _check_numbers(epochs=epochs, fine_tune_epochs=fine_tune_epochs, learning_rate=learning_rate,
+                       fine_tune_learning_rate=fine_tune_learning_rate, val_split=val_split, patience=patience,
+                       batch_size=batch_size, dropout=dropout, min_accuracy=min_accuracy)
         if resume and force:
             raise UsageError("--resume and --force contradict each other; choose one")
-        default_ft_lr = {Strategy.HEAD: 1e-4, Strategy.PARTIAL: 1e-4, Strategy.FULL: 1e-5}[chosen]
-        if weights == "none":
-            default_ft_lr = 1e-3
         return cls(
             data_dir=Path(data_dir),
             out_dir=Path(out_dir),
@@ -172,7 +142,8 @@ class FinetuneConfig:
             fine_tune_epochs=(30 if weights == "none" else 10) if fine_tune_epochs is None else fine_tune_epochs,
             batch_size=batch_size,
             learning_rate=1e-3 if learning_rate is None else learning_rate,
-            fine_tune_learning_rate=default_ft_lr if fine_tune_learning_rate is None else fine_tune_learning_rate,
+            fine_tune_learning_rate=(_default_fine_tune_rate(chosen, weights) if fine_tune_learning_rate is None
+                                     else fine_tune_learning_rate),
             patience=patience,
             dropout=dropout,
             val_split=val_split,
@@ -185,3 +156,61 @@ class FinetuneConfig:
             resume=resume,
             force=force,
         )
+
+
+def _checked_image_size(spec: Any, image_size: int | None) -> int:
+    size = spec.default_size if image_size is None else image_size
+    if size > MAX_IMAGE_SIZE:
+        raise UsageError(f"--image-size {size} is above the largest size edgeft trains at ({MAX_IMAGE_SIZE} px; "
+                         f"{spec.name} was trained on ImageNet at {spec.default_size} px)")
+    return size
+
+
+def _resolved_weights(weights: str) -> str:
+    """``imagenet``, ``none``, or the absolute path of an existing weights file."""
+    weights = weights.strip()
+    if weights.lower() in ("imagenet", "none"):
+        return weights.lower()
+    if not Path(weights).expanduser().is_file():
+        raise UsageError(f"--weights must be imagenet, none, or an existing .h5 file; not found: {weights}")
+    return str(Path(weights).expanduser().resolve())
+
+
+def _chosen_strategy(strategy: str | None, weights: str, unfreeze: int | None) -> Strategy:
+    chosen = (Strategy.FULL if weights == "none" else Strategy.HEAD) if strategy is None else Strategy(strategy)
+    if weights == "none" and chosen is not Strategy.FULL:
+        raise UsageError(
+            f"--strategy {chosen.value} needs pretrained weights: a frozen random backbone gives the same "
+            "features for every image; use --strategy full with --weights none"
+        )
+    if unfreeze is not None and chosen is not Strategy.PARTIAL:
+        raise UsageError("--unfreeze applies to --strategy partial only")
+    return chosen
+
+
+def _default_fine_tune_rate(strategy: Strategy, weights: str) -> float:
+    if weights == "none":
+        return 1e-3
+    return {Strategy.HEAD: 1e-4, Strategy.PARTIAL: 1e-4, Strategy.FULL: 1e-5}[strategy]
+
+
+# Each numeric option: (the test it must pass, what the message says it must be). None is always accepted.
+_NUMBER_RULES: dict[str, tuple[Any, str]] = {
+    "epochs": (lambda v: v >= 0, "must be >= 0"),
+    "fine_tune_epochs": (lambda v: v >= 0, "must be >= 0"),
+    "learning_rate": (lambda v: 0.0 < v <= 1.0, "must be in (0, 1]"),
+    "fine_tune_learning_rate": (lambda v: 0.0 < v <= 1.0, "must be in (0, 1]"),
+    "val_split": (lambda v: 0.0 < v < 1.0, "is a fraction in (0, 1)"),
+    "patience": (lambda v: v >= 0, "must be >= 0 (0 turns early stopping off)"),
+    "batch_size": (lambda v: v >= 1, "must be >= 1"),
+    "dropout": (lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
+    "min_accuracy": (lambda v: 0.0 <= v <= 1.0, "is a fraction in 0..1"),
+}
+
+
+def _check_numbers(**values: float | None) -> None:
+    """Raise a one-line :class:`UsageError` for the first option outside its range, named as on the CLI."""
+    for name, value in values.items():
+        test, must = _NUMBER_RULES[name]
+        if value is not None and not test(value):
+            raise UsageError(f"--{name.replace('_', '-')} {must}, got {value}")

@@ -13,13 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from edgeft.errors import ExportError, UsageError
-from edgeft.export.spec import ArtifactSpec, Precision, Source
-
-if TYPE_CHECKING:
-    from edgeft.export.config import ExportConfig
+from edgeft.export.spec import ArtifactSpec, Precision, Requested, Source
 
 
 @dataclass(frozen=True)
@@ -133,7 +130,7 @@ def source_for(precision: Precision, run_kind: str) -> Source:
     return Source.FLOAT if precision == Precision.FLOAT32 else Source.PTQ
 
 
-def plan_artifacts(config: ExportConfig, run_kind: str) -> tuple[list[ArtifactSpec], list[dict[str, str]]]:
+def plan_artifacts(config: Requested, run_kind: str) -> tuple[list[ArtifactSpec], list[dict[str, str]]]:
     """The artifacts an export writes, in conversion order, and those skipped (with the reason)."""
     from edgeft import targets as device
 
