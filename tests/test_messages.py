@@ -1,0 +1,213 @@
+"""One-line messages and exit codes for bad models, mismatched evaluation sets and the interpreters' own noise.
+
+Real parts only: Google's int8 MobileNetV2 (../shared/models) in the real TFLite interpreter, the
+device code in its own process (``--target local``), real photos, real damaged files.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, SHARED
+from edgeft import targets as device
+
+MODEL = SHARED / "models" / "tf2_mobilenet_v2_1.0_224_ptq.tflite"
+LABELS = SHARED / "models" / "imagenet_labels.txt"
+needs_model = pytest.mark.skipif(not MODEL.is_file(), reason="../shared/models is absent (a user's checkout)")
+BANNER = "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+
+
+def _edgeft(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgeft", *args], capture_output=True, text=True, timeout=300,
+                          cwd=REPO)
+
+
+def _one_error_line(result: subprocess.CompletedProcess) -> str:
+    """The last stderr line, which must be edgeft's one-line error (no traceback before it)."""
+    assert "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), result.stderr
+    return last
+
+
+def _damaged(tmp_path: Path) -> dict[str, Path]:
+    """A file of junk bytes named .tflite, Google's model cut in half, and junk named .onnx."""
+    junk = tmp_path / "junk.tflite"
+    junk.write_bytes(b"\x00garbage" * 100)
+    truncated = tmp_path / "truncated.tflite"
+    data = MODEL.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    onnx = tmp_path / "junk.onnx"
+    onnx.write_bytes(b"\x00garbage" * 100)
+    return {"junk": junk, "truncated": truncated, "onnx": onnx}
+
+
+# ----------------------------------------------------------------------------- item 15: damaged models
+@needs_model
+@pytest.mark.parametrize("case", ["junk", "truncated", "onnx"])
+def test_bench_refuses_a_damaged_model_once_by_its_path(tmp_path: Path, case: str) -> None:
+    model = _damaged(tmp_path)[case]
+    result = _edgeft("bench", str(model), "--target", "local", "--threads", "1,2", "--runs", "2",
+                     "--remote-tmpdir", str(tmp_path / "device"), "--out", str(tmp_path / "b"))
+    line = _one_error_line(result)
+    assert result.returncode == 10, result.stderr
+    assert str(model) in line and "m0_" not in line and "more failure" not in line
+    assert "damaged" in line
+    assert not (tmp_path / "b").exists()  # refused before anything was measured or written
+
+
+@needs_model
+def test_device_side_damage_names_the_users_file_and_counts_once(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the host cannot judge the file (no runtime here), the device's verdict is reported the same way."""
+    from edgeft.bench import core
+    from edgeft.bench.checks import ModelFacts
+    from edgeft.bench.config import BenchConfig, SshOptions
+    from edgeft.errors import CorruptModelError
+
+    model = _damaged(tmp_path)["truncated"]
+    good = tmp_path / "good.tflite"
+    shutil.copyfile(MODEL, good)
+    monkeypatch.setattr(core, "inspect_model", lambda path, sidecar=None: ModelFacts(Path(path), None, ()))
+    config = BenchConfig(artifacts=(model, good), targets=("local",), out_dir=tmp_path / "b", runs=2, warmup=0,
+                         threads=(1, 2), ssh=SshOptions(remote_tmpdir=str(tmp_path / "device")))
+    with pytest.raises(CorruptModelError) as caught:
+        core.main_bench(config)
+    message = str(caught.value)
+    assert caught.value.exit_code == 10 and "\n" not in message
+    assert message.startswith("truncated.tflite on local: truncated.tflite is not a valid TFLite model")
+    assert "m0_" not in message and "more failure" not in message
+    rows = json.loads((tmp_path / "b" / "bench.json").read_text())["rows"]
+    bad = [r for r in rows if r["artifact"] == "truncated.tflite"]
+    assert len(bad) == 1 and bad[0]["error_kind"] == "model"  # one failure, not one per thread count
+    assert [r["threads"] for r in rows if r["artifact"] == "good.tflite"] == [1, 2]
+    assert all(r["p50_ms"] > 0 for r in rows if r["artifact"] == "good.tflite")
+
+
+@needs_model
+def test_doctor_refuses_a_missing_or_damaged_model(tmp_path: Path) -> None:
+    damaged = _damaged(tmp_path)
+    for model, code, fragment in [(tmp_path / "nope.tflite", 2, "not found"), (damaged["junk"], 10, "not a TFLite"),
+                                  (damaged["truncated"], 10, "damaged or truncated")]:
+        result = _edgeft("doctor", str(model), "--target", "local", "--remote-tmpdir", str(tmp_path))
+        line = _one_error_line(result)
+        assert result.returncode == code and fragment in line and str(model) in line, result.stderr
+        assert "ok: ready" not in result.stdout + result.stderr
+
+
+# ----------------------------------------------------------------------------- item 10: eval set vs model
+def _photo_classes(root: Path, names: tuple[str, ...]) -> Path:
+    """Class folders holding Google's sample photos: cat.bmp under the first name, parrot.jpg under the second."""
+    for name, photo in zip(names, ("cat.bmp", "parrot.jpg")):
+        (root / name).mkdir(parents=True)
+        shutil.copyfile(SHARED / "models" / photo, root / name / photo)
+    return root
+
+
+@needs_model
+def test_bench_eval_with_other_classes_is_refused_and_names_are_mapped(tmp_path: Path) -> None:
+    # 2 classes against 1001 unlabelled outputs: no accuracy can mean anything
+    two = _photo_classes(tmp_path / "two", ("cats", "birds"))
+    result = _edgeft("bench", str(MODEL), "--eval", str(two), "--threads", "1", "--runs", "2",
+                     "--remote-tmpdir", str(tmp_path / "device"), "--out", str(tmp_path / "b1"))
+    line = _one_error_line(result)
+    assert result.returncode == 2
+    assert line == (f"error: --eval {two} has 2 classes but {MODEL.name} has 1001 outputs: "
+                    "evaluate it on a set with the model's classes")
+    assert not (tmp_path / "b1").exists()
+    # an .npz without class names whose labels exceed the outputs
+    npz = tmp_path / "eval.npz"
+    np.savez(npz, images=np.zeros((1, 8, 8, 3), np.uint8), labels=np.array([1001]))
+    result = _edgeft("bench", str(MODEL), "--eval", str(npz), "--threads", "1", "--runs", "2",
+                     "--remote-tmpdir", str(tmp_path / "device"), "--out", str(tmp_path / "b2"))
+    assert result.returncode == 2 and "has label 1001 but" in _one_error_line(result)
+    # the same model with its labels: folders named like two of them are mapped, and scored right
+    labelled = tmp_path / "labelled.tflite"
+    shutil.copyfile(MODEL, labelled)
+    Path(device.sidecar_path(str(labelled))).write_text(json.dumps({"labels": LABELS.read_text().splitlines()}))
+    named = _photo_classes(tmp_path / "named", ("Egyptian cat", "macaw"))
+    result = _edgeft("bench", str(labelled), "--eval", str(named), "--threads", "1", "--runs", "2", "--json",
+                     "--remote-tmpdir", str(tmp_path / "device"), "--out", str(tmp_path / "b3"))
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)["rows"]
+    assert row["accuracy"] == 1.0 and row["eval_count"] == 2
+
+
+# ----------------------------------------------------------------------------- item 17: threads on this host
+def test_local_default_threads_are_capped_at_the_hosts_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeft.bench import core
+    from edgeft.bench.config import SshOptions
+    from edgeft.bench.profiles import get_profile
+    from edgeft.bench.targets import ResolvedTarget, resolve_target
+
+    local = resolve_target("local", SshOptions())
+    assert local.profile is not None and tuple(local.profile.threads) == (1, 2, 4)
+    for cores, expected in [(1, [1]), (2, [1, 2]), (3, [1, 2, 3]), (16, [1, 2, 4])]:
+        monkeypatch.setattr(core, "host_cores", lambda cores=cores: cores)
+        assert core.default_threads(local) == expected
+    pi = get_profile("rpi4")  # a device's own cores count there, not this host's
+    assert pi is not None and max(pi.threads) > 1
+    monkeypatch.setattr(core, "host_cores", lambda: 1)
+    assert core.default_threads(ResolvedTarget("pi", local.transport, pi, None)) == list(pi.threads)
+
+
+# ----------------------------------------------------------------------------- item 16: interpreter banner
+def test_banner_is_filtered_and_other_native_lines_kept(capfd: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    from edgeft.targets.native import banners_silenced
+
+    with banners_silenced():
+        os.write(2, f"{BANNER}\nERROR: a real native error\n".encode())
+        print("a Python line", file=sys.stderr)
+    err = capfd.readouterr().err
+    assert BANNER not in err
+    assert "ERROR: a real native error" in err and "a Python line" in err
+
+
+@needs_model
+def test_loading_a_tflite_model_prints_no_banner() -> None:
+    code = (f"from edgeft.targets import Model\nm = Model({str(MODEL)!r})\nm.set_input(m.random_input())\n"
+            "m.invoke()\nprint('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+    assert "XNNPACK" not in result.stderr
+
+
+# ----------------------------------------------------------------------------- item 16: --resume refusal
+def test_resume_refusal_names_each_changed_option() -> None:
+    from edgeft.training.finetune import _fingerprint_changes
+
+    current = {"backbone": "mobilenet_v2", "alpha": 0.35, "data_hash": "b", "learning_rate": 0.01, "epochs": 6}
+    flat = dict(current, learning_rate=0.001, data_hash="a")
+    assert _fingerprint_changes(flat, current) == ["--learning-rate (was 0.001, now 0.01)", "the files in DATA_DIR"]
+    nested = {"backbone": "mobilenet_v2", "alpha": 0.35, "data_hash": "b",
+              "hyperparameters": {"learning_rate": 0.01, "epochs": 5}}  # a checkpoint of the earlier form
+    assert _fingerprint_changes(nested, current) == ["--epochs (was 5, now 6)"]
+    assert _fingerprint_changes(current, dict(current)) == []
+
+
+# ----------------------------------------------------------------------------- item 7: runtime inputs
+@needs_model
+def test_runtime_refuses_empty_pil_images_and_bad_label_paths(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from edgeft.errors import ImageError, UsageError
+    from edgeft.runtime import Classifier
+
+    classifier = Classifier.load(MODEL, labels=LABELS)
+    for image in (Image.new("RGB", (0, 0)), Image.new("L", (5, 0)), np.zeros((0, 7, 3), np.uint8)):
+        with pytest.raises(ImageError, match=r"empty \(\d+x\d+ pixels\)") as caught:
+            classifier.classify(image)
+        assert "\n" not in str(caught.value)
+    for labels, fragment in [(tmp_path / "missing.txt", "cannot read labels file"), (tmp_path, "not a folder")]:
+        with pytest.raises(UsageError, match=fragment) as caught:
+            Classifier.load(MODEL, labels=labels)
+        assert "\n" not in str(caught.value) and str(labels) in str(caught.value)
