@@ -211,3 +211,71 @@ def test_runtime_refuses_empty_pil_images_and_bad_label_paths(tmp_path: Path) ->
         with pytest.raises(UsageError, match=fragment) as caught:
             Classifier.load(MODEL, labels=labels)
         assert "\n" not in str(caught.value) and str(labels) in str(caught.value)
+
+
+# ----------------------------------------------------------------------------- item 16: done line, Edge TPU
+@pytest.mark.slow
+def test_done_line_includes_writing_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    from conftest import write_digits
+    from edgeft.training import finetune
+    from edgeft.training.config import FinetuneConfig
+
+    real_writer = finetune.write_run_dir
+
+    def slow_writer(*args: object, **kwargs: object) -> None:
+        real_writer(*args, **kwargs)
+        time.sleep(1.5)  # a run whose files take long to write (a large confusion matrix, a slow disk)
+
+    monkeypatch.setattr(finetune, "write_run_dir", slow_writer)
+    data = write_digits(tmp_path / "data", per_class=8, classes=3)
+    summary = finetune.main_finetune(FinetuneConfig.from_options(
+        data_dir=data, out_dir=tmp_path / "run", alpha=0.35, image_size=32, weights="none", epochs=1, patience=0))
+    written = json.loads((tmp_path / "run" / "metrics.json").read_text())["wall_s"]
+    assert summary["wall_s"] >= written + 1.5
+    assert f"in {summary['wall_s']:.1f}s -> {tmp_path / 'run'}" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_edgetpu_report_without_compiler_has_a_size_and_no_sidecar(
+        tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from export_helpers import mobilenet_run
+
+    from edgeft.export import ExportConfig, main_export
+    from edgeft.export.formats.edgetpu import REPORT_FILE
+
+    run = mobilenet_run(tmp_path_factory)
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))  # no edgetpu_compiler on it
+    out = tmp_path / "export"
+    config = ExportConfig.from_flags(run, out, formats=["edgetpu"], calib_size=16, isolate=False, latency_runs=2,
+                                     max_drop=100.0)
+    report = main_export(config)
+    err = capsys.readouterr().err
+    (row,) = [a for a in report["artifacts"] if a["format"] == "edgetpu"]
+    assert row["path"] == REPORT_FILE and row["sidecar"] is None and row["size_bytes"] > 100_000
+    line = next(line for line in err.splitlines() if line.strip().startswith(f"{REPORT_FILE}:"))
+    assert "None" not in line and f"{row['size_bytes']} bytes" in line
+    assert not list(out.glob("*.json.json")) and BANNER not in err
+    assert json.loads((out / REPORT_FILE).read_text())["full_integer"] is True
+
+
+# ----------------------------------------------------------------------------- item 17: qat progress
+@pytest.mark.slow
+def test_qat_prints_one_line_per_epoch(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    from export_helpers import mobilenet_run
+
+    from edgeft.quantization.qat import QATConfig, main_qat
+
+    main_qat(QATConfig(mobilenet_run(tmp_path_factory), tmp_path / "qat", epochs=2))
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[qat] epoch")]
+    pattern = r"\[qat\] epoch {}/2  loss \d+\.\d{{4}}  accuracy \d\.\d{{4}}  val_loss \d+\.\d{{4}}  " \
+              r"val_accuracy \d\.\d{{4}}  \d+\.\ds"
+    assert len(lines) == 2, lines
+    for epoch, line in enumerate(lines, 1):
+        assert re.fullmatch(pattern.format(epoch), line), line
