@@ -140,6 +140,32 @@ def test_bench_eval_with_other_classes_is_refused_and_names_are_mapped(tmp_path:
     assert row["accuracy"] == 1.0 and row["eval_count"] == 2
 
 
+@needs_model
+def test_runtime_names_a_damaged_model_as_damaged(tmp_path: Path) -> None:
+    from edgeft.errors import CorruptModelError, ModelFileError
+    from edgeft.runtime import Classifier
+
+    for model in _damaged(tmp_path).values():
+        with pytest.raises(CorruptModelError, match="damaged") as caught:
+            Classifier.load(model)
+        assert isinstance(caught.value, ModelFileError) and model.name in str(caught.value)
+
+
+# ----------------------------------------------------------------------------- item 17: names, threads
+@needs_model
+def test_same_file_names_from_two_export_folders_are_told_apart(tmp_path: Path) -> None:
+    for folder in ("ptq", "qat"):
+        (tmp_path / folder).mkdir()
+        shutil.copyfile(MODEL, tmp_path / folder / "model_int8.tflite")
+    result = _edgeft("bench", str(tmp_path / "ptq"), str(tmp_path / "qat"), "--threads", "1", "--runs", "2",
+                     "--json", "--remote-tmpdir", str(tmp_path / "device"), "--out", str(tmp_path / "b"))
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)["rows"]
+    assert [r["artifact"] for r in rows] == ["ptq/model_int8.tflite", "qat/model_int8.tflite"]
+    table = (tmp_path / "b" / "bench.md").read_text()
+    assert "ptq/model_int8.tflite" in table and "qat/model_int8.tflite" in table
+
+
 # ----------------------------------------------------------------------------- item 17: threads on this host
 def test_local_default_threads_are_capped_at_the_hosts_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     from edgeft.bench import core
