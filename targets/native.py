@@ -12,12 +12,15 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
 # Informational lines of TFLite's native logger that say nothing the user must act on.
 BANNERS = re.compile(r"^INFO: (Created TensorFlow Lite .*delegate for CPU\.|Initialized TensorFlow Lite runtime\.)\s*$")
 VERBOSE_ENV = "EDGEFT_TF_VERBOSE"
+# fd 2 is the process's: two threads loading models at once must not save each other's capture as "the real one".
+_REDIRECT_LOCK = threading.RLock()
 
 
 def filter_banners(text: str) -> str:
@@ -31,13 +34,25 @@ def banners_silenced() -> Iterator[None]:
     if os.environ.get(VERBOSE_ENV):
         yield
         return
+    with _REDIRECT_LOCK:
+        with _captured_fd2():
+            yield
+
+
+@contextmanager
+def _captured_fd2() -> Iterator[None]:
     try:
         sys.stderr.flush()
         saved = os.dup(2)
     except (OSError, AttributeError, ValueError):  # no real fd 2 (e.g. an embedding app): nothing to filter
         yield
         return
-    capture = tempfile.TemporaryFile()
+    try:
+        capture = tempfile.TemporaryFile()
+    except OSError:  # no writable temporary folder: the banner is a lesser harm than losing the load
+        os.close(saved)
+        yield
+        return
     try:
         os.dup2(capture.fileno(), 2)
         try:

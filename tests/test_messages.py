@@ -305,3 +305,25 @@ def test_qat_prints_one_line_per_epoch(tmp_path_factory: pytest.TempPathFactory,
     assert len(lines) == 2, lines
     for epoch, line in enumerate(lines, 1):
         assert re.fullmatch(pattern.format(epoch), line), line
+
+
+def test_banner_filter_survives_threads_loading_at_once(capfd: pytest.CaptureFixture[str]) -> None:
+    """Concurrent captures must each restore the real stderr, never another thread's capture file."""
+    import os
+    import threading
+
+    from edgeft.targets.native import banners_silenced
+
+    def load(n: int) -> None:
+        for _ in range(20):
+            with banners_silenced():
+                os.write(2, f"{BANNER}\nthread {n} native line\n".encode())
+
+    threads = [threading.Thread(target=load, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    os.write(2, b"after the threads\n")
+    err = capfd.readouterr().err
+    assert BANNER not in err and err.count("native line") == 80 and err.endswith("after the threads\n")
