@@ -22,7 +22,7 @@ from .preprocess import resize_images
 PYTHON_ARGV_ENV = "EDGEFT_DEVICE_PYTHON_ARGV"
 
 
-def _label_map(eval_names: List[str], model_labels: List[str]) -> Optional[Dict[int, int]]:
+def label_map(eval_names: List[str], model_labels: List[str]) -> Optional[Dict[int, int]]:
     """Map eval class indices to model output indices by name when every name is in the model's labels."""
     if not eval_names or not model_labels:
         return None
@@ -45,7 +45,7 @@ def accuracy(model: Model, eval_path: str) -> Dict[str, Any]:
 
     images, labels, names = load_eval(eval_path)
     images = resize_images(images, *model.input_size)
-    mapping = _label_map(names, list(model.sidecar.get("labels") or []))
+    mapping = label_map(names, list(model.sidecar.get("labels") or []))
     if mapping is not None:
         labels = np.array([mapping[int(label)] for label in labels], dtype=np.int64)
     if len(labels) == 0:

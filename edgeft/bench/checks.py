@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from edgeft import targets as device
 from edgeft.errors import CorruptModelError, EvalMismatchError, ModelFileError
+from edgeft.targets.bench import label_map  # the device's own matching, so both sides agree
 
 TFLITE_IDENTIFIER = b"TFL3"
 
@@ -63,23 +64,6 @@ def inspect_model(path: Path, sidecar: dict[str, Any] | None = None) -> ModelFac
     return ModelFacts(path, outputs, labels)
 
 
-def label_map(eval_names: Sequence[str], model_labels: Sequence[str]) -> dict[int, int] | None:
-    """Evaluation class index -> model output index by name (case-insensitive; "a, b" labels match a or b)."""
-    if not eval_names or not model_labels:
-        return None
-    lookup: dict[str, int] = {}
-    for index, label in enumerate(model_labels):
-        for part in [label, *label.split(",")]:
-            lookup.setdefault(part.strip().lower(), index)
-    mapping = {}
-    for index, name in enumerate(eval_names):
-        key = name.strip().lower()
-        if key not in lookup:
-            return None
-        mapping[index] = lookup[key]
-    return mapping
-
-
 def check_eval_fits(facts: ModelFacts, eval_names: Sequence[str], max_label: int, source: Path) -> None:
     """Refuse an evaluation set that cannot be scored against this model's outputs."""
     classes = len(facts.labels) or facts.outputs
@@ -90,7 +74,7 @@ def check_eval_fits(facts: ModelFacts, eval_names: Sequence[str], max_label: int
             raise EvalMismatchError(f"--eval {source} has label {max_label} but {facts.path.name} has only "
                                     f"{classes} outputs: evaluate it on a set with the model's classes")
         return
-    if label_map(eval_names, facts.labels) is not None:
+    if label_map(list(eval_names), list(facts.labels)) is not None:
         return  # the device maps the set's class names onto the model's labels
     if len(eval_names) != classes:
         shown = ", ".join(list(eval_names)[:6]) + (", ..." if len(eval_names) > 6 else "")
