@@ -111,3 +111,13 @@ class OutputWriteError(EdgeftError):
 
 class WeightsFileError(UsageError):
     """A ``--weights`` file that is not a Keras weight file, or whose shapes do not fit the backbone."""
+
+
+class CorruptModelError(ModelFileError):
+    """A model file that no runtime can read: not a TFLite flatbuffer or ONNX protobuf, truncated, or damaged."""
+
+    exit_code = 10
+
+
+class EvalMismatchError(UsageError):
+    """An evaluation set whose classes do not fit a model's outputs (count differs, names cannot be mapped)."""

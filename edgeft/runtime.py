@@ -24,8 +24,8 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from edgeft.errors import ImageError, ModelFileError, UsageError
-from edgeft.targets import ArgumentError, DeviceError
+from edgeft.errors import CorruptModelError, ImageError, ModelFileError, UsageError
+from edgeft.targets import ArgumentError, DeviceError, ModelCorruptError
 from edgeft.targets import Classifier as DeviceClassifier
 from edgeft.targets import ImageError as DeviceImageError
 
@@ -47,6 +47,8 @@ class Classifier(DeviceClassifier):
             return super().load(path, threads, labels, scale, offset, channel_order, runtime, delegate)  # type: ignore[return-value]
         except ArgumentError as error:
             raise UsageError(str(error)) from None
+        except ModelCorruptError as error:  # a ModelFileError too: damaged, not merely unloadable here
+            raise CorruptModelError(str(error)) from None
         except DeviceError as error:
             raise ModelFileError(str(error)) from None
 

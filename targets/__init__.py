@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from .backends import Backend, backend_for, backend_names, known_suffixes, register_backend
 from .backends.tflite import import_tflite, runtime_too_old
+from .bench import label_map
 from .classifier import ArgumentError, Classifier
-from .contract import (DEVICE_VERSION, EVAL_ARRAYS, MARKER_FILE, PINS, DeviceError, install_hint, load_eval,
-                       pins_for, pip_line, read_sidecar, sidecar_path, validate_sidecar, write_eval)
+from .contract import (DEVICE_VERSION, EVAL_ARRAYS, MARKER_FILE, PINS, DeviceError, ModelCorruptError, install_hint,
+                       load_eval, pins_for, pip_line, read_sidecar, sidecar_path, validate_sidecar, write_eval)
 from .flatbuffer import EDGEFT_METADATA_KEY, edgeft_metadata, min_runtime_version, tflite_metadata
 from .images import ImageError, SkipReason, load_image
 from .measure import latency_stats, p50_ms, peak_rss_mb, time_invocations
@@ -26,8 +27,9 @@ from .preprocess import dequantize, prepare_input, resize_images
 
 __all__ = [
     "ArgumentError", "Classifier", "ImageError", "SkipReason", "load_image",
-    "DEVICE_VERSION", "EDGEFT_METADATA_KEY", "EVAL_ARRAYS", "MARKER_FILE", "PINS", "Backend", "DeviceError", "Model", "backend_for",
-    "backend_names", "dequantize", "edgeft_metadata", "import_tflite", "install_hint", "known_suffixes", "latency_stats", "load_eval",
+    "DEVICE_VERSION", "EDGEFT_METADATA_KEY", "EVAL_ARRAYS", "MARKER_FILE", "PINS", "Backend", "DeviceError", "Model",
+    "ModelCorruptError", "backend_for",
+    "backend_names", "dequantize", "edgeft_metadata", "import_tflite", "install_hint", "known_suffixes", "label_map", "latency_stats", "load_eval",
     "min_runtime_version", "p50_ms", "peak_rss_mb", "pins_for", "pip_line", "prepare_input", "read_sidecar",
     "register_backend", "resize_images", "runtime_too_old", "sidecar_path", "tflite_metadata", "time_invocations",
     "validate_sidecar", "write_eval",

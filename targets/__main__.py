@@ -20,7 +20,7 @@ import os
 import sys
 from typing import List, Optional
 
-from .contract import DeviceError, pip_line
+from .contract import DeviceError, ModelCorruptError, pip_line
 
 USAGE = "usage: edgeft-device.pyz doctor | bench --spec SPEC.json [--cleanup DIR] [--watch-stdin] | classify MODEL IMAGES.npy"
 
@@ -41,6 +41,8 @@ def _one(job_path: str) -> int:
         job = json.load(handle)
     try:
         result = bench_one(job)
+    except ModelCorruptError as error:
+        result = {"error": str(error), "error_kind": "model"}
     except DeviceError as error:
         result = {"error": str(error)}
     print(json.dumps(result))

@@ -22,7 +22,7 @@ from .preprocess import resize_images
 PYTHON_ARGV_ENV = "EDGEFT_DEVICE_PYTHON_ARGV"
 
 
-def _label_map(eval_names: List[str], model_labels: List[str]) -> Optional[Dict[int, int]]:
+def label_map(eval_names: List[str], model_labels: List[str]) -> Optional[Dict[int, int]]:
     """Map eval class indices to model output indices by name when every name is in the model's labels."""
     if not eval_names or not model_labels:
         return None
@@ -45,12 +45,15 @@ def accuracy(model: Model, eval_path: str) -> Dict[str, Any]:
 
     images, labels, names = load_eval(eval_path)
     images = resize_images(images, *model.input_size)
-    mapping = _label_map(names, list(model.sidecar.get("labels") or []))
+    mapping = label_map(names, list(model.sidecar.get("labels") or []))
     if mapping is not None:
         labels = np.array([mapping[int(label)] for label in labels], dtype=np.int64)
     if len(labels) == 0:
         return {"accuracy": None, "top5_accuracy": None, "eval_count": 0}
     scores = model.predict(images)
+    if mapping is None and ((names and len(names) != scores.shape[1]) or int(labels.max()) >= scores.shape[1]):
+        raise DeviceError("the evaluation set has %d classes but %s has %d outputs and no labels naming them"
+                          % (len(names) or int(labels.max()) + 1, os.path.basename(model.path), scores.shape[1]))
     top1 = float(np.mean(np.argmax(scores, axis=1) == labels))
     top5 = None
     if scores.shape[1] > 5:
@@ -199,6 +202,8 @@ def bench(spec: Dict[str, Any], cleanup: Cleanup, workdir: str) -> Dict[str, Any
             row.update(_run_job(job, os.path.join(workdir, "job-%d.json" % len(rows)), model["name"], cleanup, workdir))
             rows.append(row)
             model_rows.append(row)
+            if row.get("error_kind") == "model":  # a damaged file fails the same way at every thread count
+                break
         for other in model_rows[1:]:  # accuracy does not depend on the thread count
             for key in ("accuracy", "top5_accuracy", "eval_count"):
                 if key in model_rows[0] and "error" not in other:

@@ -19,7 +19,7 @@ import threading
 import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from .contract import DeviceError, read_sidecar, validate_sidecar
+from .contract import DeviceError, ModelCorruptError, read_sidecar, validate_sidecar
 from .flatbuffer import EDGEFT_METADATA_KEY, tflite_metadata
 from .images import load_image
 from .model import Model
@@ -104,7 +104,7 @@ class Classifier:
         if not os.path.isfile(path):
             raise DeviceError("model file not found: %s" % path)
         if os.path.getsize(path) == 0:
-            raise DeviceError("model file is empty (0 bytes): %s" % path)
+            raise ModelCorruptError("model file is empty (0 bytes): %s" % path)
         names: Optional[List[str]] = None
         if labels is not None:
             names = read_labels(labels) if isinstance(labels, (str, os.PathLike)) else [str(v) for v in labels]

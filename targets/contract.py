@@ -20,7 +20,8 @@ CHANNEL_ORDERS = ("RGB", "BGR")
 
 # One bench job: one model with one thread count, run in its own process.
 JOB_KEYS = ("path", "sidecar", "threads", "runs", "duration", "warmup", "runtime", "delegate", "eval")
-# What a job prints (one JSON object): these keys, or {"error": "<one line>"}.
+# What a job prints (one JSON object): these keys, or {"error": "<one line>"} (with "error_kind": "model"
+# when the model file itself is damaged: the host then reports a bad model, not a failed target).
 RESULT_KEYS = ("runtime", "runtime_version", "delegate", "threads", "input_shape", "input_dtype", "load_ms",
                "first_inference_ms", "warmup", "runs", "mean_ms", "std_ms", "min_ms", "p50_ms", "p90_ms",
                "p99_ms", "max_ms", "throughput_ips", "accuracy", "top5_accuracy", "eval_count", "peak_rss_mb")
@@ -34,6 +35,10 @@ PINS: Dict[str, Dict[str, str]] = {
 
 class DeviceError(Exception):
     """A failure on the device, with a one-line message for the user."""
+
+
+class ModelCorruptError(DeviceError):
+    """A model file no runtime can parse (not a TFLite flatbuffer or ONNX protobuf, truncated, damaged)."""
 
 
 def pins_for(python_version: str) -> Dict[str, str]:

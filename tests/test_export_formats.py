@@ -48,7 +48,9 @@ def test_report_lists_every_artifact_with_measurements(exported: tuple[Path, dic
         assert artifact["precision"] in {"float32", "float16", "dynamic_range", "int8"}
         assert artifact["source"] == ("float" if artifact["precision"] == "float32" else "ptq")
         assert (out / artifact["path"]).is_file() and artifact["size_bytes"] > 0
-        assert (out / (artifact["path"] + ".json")).is_file()
+        # every model has its sidecar; the Edge TPU compatibility report (JSON itself) has none
+        assert (out / (artifact["path"] + ".json")).is_file() is (artifact["sidecar"] is not None)
+        assert (artifact["sidecar"] is None) is artifact["path"].endswith(".compatibility.json")
         if artifact["format"] != "edgetpu":
             assert 0.0 <= artifact["accuracy"] <= 1.0 and 0.0 <= artifact["agreement"] <= 1.0
             assert artifact["p50_ms"] > 0 and artifact["backend"] == artifact["format"]

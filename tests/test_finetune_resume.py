@@ -44,6 +44,7 @@ def test_killed_training_resumes_from_last_epoch(tmp_path: Path) -> None:
 
     changed = run_edgeft(*[a if a != "6" else "7" for a in args], "--resume")
     assert changed.exit_code == 2 and "options or data differ" in changed.stderr
+    assert "--epochs (was 6, now 7)" in changed.stderr and "hyperparameters" not in changed.stderr
 
     resumed = run_edgeft(*args, "--resume", "--json")
     assert resumed.exit_code == 0, resumed.stderr

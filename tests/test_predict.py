@@ -82,7 +82,7 @@ def test_bad_model_and_arguments_are_one_line(case: str, tmp_path: Path, photos:
     if case == "no-images":
         assert result.exit_code == 9 and "no image files" in result.stdout
         return
-    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert result.exit_code == (10 if case in ("empty", "corrupt") else 2), (result.stdout, result.stderr)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in result.stderr and result.stdout == ""
 

@@ -7,6 +7,8 @@ The bench only stages files and parses results: every measurement is the device 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import tempfile
 import time
@@ -17,12 +19,13 @@ from typing import Any
 import numpy as np
 
 from edgeft import targets as device
+from edgeft.bench.checks import ModelFacts, check_eval_fits, inspect_model
 from edgeft.bench.config import BenchConfig
 from edgeft.bench.device_app import APP_NAME, device_app
 from edgeft.bench.recommend import artifact_labels
 from edgeft.bench.results import parse_result
 from edgeft.bench.targets import ResolvedTarget, resolve_targets
-from edgeft.errors import DatasetError, ModelFileError, TargetError, UsageError
+from edgeft.errors import CorruptModelError, DatasetError, ModelFileError, TargetError, UsageError
 from edgeft.progress import log
 
 EXPORT_REPORT = "export_report.json"
@@ -140,11 +143,12 @@ def write_eval_npz(path: Path, images: np.ndarray, labels: np.ndarray, names: li
 
 
 # ----------------------------------------------------------------------------- one target
-def _stage(config: BenchConfig, artifacts: list[Path], workdir: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+def _stage(config: BenchConfig, artifacts: list[Path], workdir: Path,
+           facts: dict[Path, ModelFacts] | None = None) -> tuple[dict[str, Path], dict[str, Any]]:
     """Files to push and the bench spec (relative file names)."""
     files: dict[str, Path] = {APP_NAME: device_app()}
     models = []
-    eval_files: dict[int, str] = {}
+    eval_files: dict[int, tuple[str, list[str], int]] = {}
     labels_of = artifact_labels(artifacts)
     for index, artifact in enumerate(artifacts):
         sidecar = read_sidecar(artifact)
@@ -157,9 +161,11 @@ def _stage(config: BenchConfig, artifacts: list[Path], workdir: Path) -> tuple[d
                 images, labels, names = load_eval_set(config.eval_source, size, config.eval_limit)
                 npz = workdir / f"eval_{size}.npz"
                 write_eval_npz(npz, images, labels, names)
-                eval_files[size] = npz.name
+                eval_files[size] = (npz.name, list(names), int(labels.max()))
                 files[npz.name] = npz
-            entry["eval"] = eval_files[size]
+            if facts and artifact in facts:
+                check_eval_fits(facts[artifact], eval_files[size][1], eval_files[size][2], config.eval_source)
+            entry["eval"] = eval_files[size][0]
         models.append(entry)
     spec = {"models": models, "runs": config.runs, "duration": config.duration_s, "warmup": config.warmup}
     return files, spec
@@ -169,7 +175,7 @@ def run_target(target: ResolvedTarget, config: BenchConfig, files: dict[str, Pat
                workdir: Path) -> dict[str, Any]:
     """Run the device app on one target; always removes the remote directory. Returns its document."""
     profile = target.profile
-    threads = list(config.threads or (profile.threads if profile else (1,)))
+    threads = list(config.threads or default_threads(target))
     spec = dict(spec, threads=threads, runtime=profile.tflite_runtime if profile else "auto")
     for model in spec["models"]:
         if profile and profile.delegate == "edgetpu" and model["name"].endswith("_edgetpu.tflite"):
@@ -185,7 +191,37 @@ def run_target(target: ResolvedTarget, config: BenchConfig, files: dict[str, Pat
         out = transport.run(argv, config.timeout_s, keep_stdin_open=True)
     finally:
         transport.remove(remote_dir)
-    return parse_result(target.name, out, [model["name"] for model in spec["models"]])
+    document = parse_result(target.name, out, [model["name"] for model in spec["models"]])
+    staged = {model["file"]: model["name"] for model in spec["models"]}
+    for row in document.get("rows", []):
+        if row.get("error"):
+            row["error"] = user_names(str(row["error"]), staged)
+    return document
+
+
+def default_threads(target: ResolvedTarget) -> list[int]:
+    """The profile's thread counts; on this host (``local``) none above its cores (2 cores: 1,2,4 -> 1,2)."""
+    profile = target.profile
+    threads = list(profile.threads if profile else (1,))
+    if profile is not None and profile.kind == "local":
+        cores = host_cores()
+        threads = sorted({min(t, cores) for t in threads})
+    return threads
+
+
+def host_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and taskset limit)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def user_names(message: str, staged: dict[str, str]) -> str:
+    """A device message with each staged file (``/tmp/edgeft-bench.x/m0_model.tflite``) named as the user named it."""
+    for remote_name, name in staged.items():
+        message = re.sub(r"[^\s:'\"()]*" + re.escape(remote_name), lambda _m, n=name: n, message)
+    return message
 
 
 # ----------------------------------------------------------------------------- main
@@ -208,12 +244,13 @@ def main_bench(config: BenchConfig) -> dict[str, Any]:
         raise UsageError("--threads must list positive integers, e.g. 1,2,4")
     artifacts = expand_artifacts(config.artifacts)
     targets = resolve_targets(config.targets, config.ssh)
+    facts = {artifact: inspect_model(artifact, read_sidecar(artifact)) for artifact in artifacts}
     started = time.time()
     workdir = Path(tempfile.mkdtemp(prefix="edgeft-bench-stage."))
     results: dict[str, dict[str, Any]] = {}
     errors: dict[str, str] = {}
     try:
-        files, spec = _stage(config, artifacts, workdir)
+        files, spec = _stage(config, artifacts, workdir, facts)
 
         def one(target: ResolvedTarget) -> tuple[str, dict[str, Any] | None, str | None]:
             log(f"bench: {target.name}: {len(artifacts)} artifact(s)")
@@ -236,7 +273,11 @@ def main_bench(config: BenchConfig) -> dict[str, Any]:
     failed = [row for row in rows if row.get("error")]
     if errors or failed:
         first = next(iter(errors.values()), None) or f"{failed[0]['artifact']} on {failed[0]['target']}: {failed[0]['error']}"
-        count = len(errors) + len([r for r in failed if r["target"] not in errors])
+        # one failure per target that failed as a whole, and per (artifact, target) pair otherwise
+        count = len(errors) + len({(r["artifact"], r["target"]) for r in failed if r["target"] not in errors})
         more = f" (+{count - 1} more failure(s))" if count > 1 else ""
-        raise TargetError(f"{first}{more}; measured results written to {config.out_dir / 'bench.json'}")
+        message = f"{first}{more}; measured results written to {config.out_dir / 'bench.json'}"
+        if not errors and all(row.get("error_kind") == "model" for row in failed):
+            raise CorruptModelError(message)
+        raise TargetError(message)
     return summary

@@ -86,6 +86,12 @@ def main_doctor(config: DoctorConfig) -> dict[str, Any]:
     target = resolve_target(config.target, config.ssh) if not str(config.target).endswith((".toml", ".json")) else None
     if target is None:
         raise TargetError("edgeft doctor checks one target: pass a profile, local, or user@host")
+    if config.artifacts:  # a missing or damaged model is refused here, before the device is asked anything
+        from edgeft.bench.checks import inspect_model
+        from edgeft.bench.core import expand_artifacts, read_sidecar
+
+        for artifact in expand_artifacts(config.artifacts):
+            inspect_model(artifact, read_sidecar(artifact))
     facts = device_facts(target, tmp_root=config.ssh.remote_tmpdir)
     problems = check(facts, target.profile, config.artifacts)
     installed = None

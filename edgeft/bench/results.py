@@ -29,7 +29,7 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069
 NUMBER_FIELDS = ("threads", "load_ms", "first_inference_ms", "warmup", "runs", "mean_ms", "std_ms", "min_ms",
                  "p50_ms", "p90_ms", "p99_ms", "max_ms", "throughput_ips", "peak_rss_mb", "model_size_bytes",
                  "accuracy", "top5_accuracy", "eval_count")
-TEXT_FIELDS = ("runtime", "runtime_version", "delegate", "error", "input_dtype")
+TEXT_FIELDS = ("runtime", "runtime_version", "delegate", "error", "error_kind", "input_dtype")
 
 
 def clean_text(value: str, limit: int = MAX_TEXT_CHARS) -> str:

@@ -157,16 +157,22 @@ def export_artifact(export: Export, spec: ArtifactSpec, staged: Staged) -> dict[
     sidecar = dict(result.get("metadata", job.metadata), artifact=spec.filename, size_bytes=size,
                    sha256=sha256(path) if path.is_file() else None,
                    keras_accuracy=staged.reference.accuracy, validation=None)
-    write_json_atomic(Path(device.sidecar_path(str(path))), sidecar)
+    has_sidecar = exporter.has_sidecar(result)
+    if has_sidecar:
+        write_json_atomic(Path(device.sidecar_path(str(path))), sidecar)
     validation = validate_artifact(path, spec.backend, staged.reference, export.config.threads,
                                    export.config.latency_runs) if spec.backend else None
     if validation is not None:
         write_json_atomic(Path(device.sidecar_path(str(path))), dict(sidecar, validation=validation.as_record()))
     record = artifact_record(export.config, spec, validation, staged.reference.accuracy)
     record.update(size_bytes=size, convert_s=convert_s, details=exporter.details(result),
-                  sidecar=Path(device.sidecar_path(spec.filename)).name)
-    log(f"  {spec.filename}: {size} bytes, accuracy {record['accuracy']}, agreement {record['agreement']}, "
-        f"p50 {record['p50_ms']} ms")
+                  sidecar=Path(device.sidecar_path(spec.filename)).name if has_sidecar else None)
+    facts = [f"{size} bytes" if size is not None else None] + [
+        f"{name} {record[key]}{unit}" for name, key, unit in
+        (("accuracy", "accuracy", ""), ("agreement", "agreement", ""), ("p50", "p50_ms", " ms"))
+        if record[key] is not None]
+    log(f"  {spec.filename}: " + (", ".join(f for f in facts if f) or "written")
+        + ("" if validation is not None else " (not validated on this host: no runtime runs it here)"))
     return record
 
 

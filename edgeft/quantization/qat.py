@@ -253,11 +253,33 @@ def _prepare_qat_model(model: Any, config: QATConfig, data: QATData) -> Any:
     return qat_model
 
 
+def epoch_line(name: str, epoch: int, epochs: int, logs: dict[str, Any], seconds: float) -> str:
+    """One progress line per epoch, as ``finetune`` prints: loss, accuracy and the validation figures, time."""
+    parts = [f"[{name}] epoch {epoch}/{epochs}"]
+    parts += [f"{key} {float(logs[key]):.4f}" for key in ("loss", "accuracy", "val_loss", "val_accuracy") if key in logs]
+    return "  ".join(parts + [f"{seconds:.1f}s"])
+
+
+def epoch_progress(name: str, epochs: int) -> Any:
+    """A Keras callback that logs :func:`epoch_line` at the end of each epoch."""
+    from edgeft.tfcompat import keras
+
+    class EpochProgress(keras().callbacks.Callback):  # type: ignore[misc, name-defined]
+        def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            self.started = time.monotonic()
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            log(epoch_line(name, epoch + 1, epochs, dict(logs or {}), time.monotonic() - self.started))
+
+    return EpochProgress()
+
+
 def _fine_tune(qat_model: Any, config: QATConfig, data: QATData) -> list[dict[str, Any]]:
     """Fit the QAT model; return ``history.csv``'s rows."""
     validation = (data.x_val, data.y_val) if len(data.y_val) else None
     history = qat_model.fit(data.x_train, data.y_train, validation_data=validation, epochs=config.epochs,
-                            batch_size=config.batch_size, shuffle=True, verbose=0)
+                            batch_size=config.batch_size, shuffle=True, verbose=0,
+                            callbacks=[epoch_progress("qat", config.epochs)])
     logged = history.history
     return [{"phase": "qat", "epoch": epoch + 1, **{key: round(float(values[epoch]), 6) for key, values in logged.items()}}
             for epoch in range(len(logged.get("loss", [])))]

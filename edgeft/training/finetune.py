@@ -53,6 +53,7 @@ def clear_for_new_run(config: FinetuneConfig) -> None:
 
 
 def _fingerprint(config: FinetuneConfig, content_hash: str) -> dict[str, Any]:
+    """What a --resume must match, flat and keyed by option (``learning_rate`` is ``--learning-rate``)."""
     return {
         "backbone": config.backbone,
         "alpha": config.alpha,
@@ -60,8 +61,22 @@ def _fingerprint(config: FinetuneConfig, content_hash: str) -> dict[str, Any]:
         "weights": config.weights,
         "seed": config.seed,
         "data_hash": content_hash,
-        "hyperparameters": config.hyperparameters(),
+        **config.hyperparameters(),
     }
+
+
+def _fingerprint_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Each differing entry as ``--option (was X, now Y)``; the data as "the files in DATA_DIR"."""
+    saved = dict(saved)
+    saved.update(saved.pop("hyperparameters", None) or {})  # checkpoints written before the flat form
+    changes = []
+    for key in sorted(set(saved) | set(current)):
+        if key in ("data_hash",) or saved.get(key) == current.get(key):
+            continue
+        changes.append(f"--{key.replace('_', '-')} (was {saved.get(key)}, now {current.get(key)})")
+    if saved.get("data_hash") != current.get("data_hash"):
+        changes.append("the files in DATA_DIR")
+    return changes
 
 
 def _setup_tensorflow(config: FinetuneConfig) -> Any:
@@ -289,6 +304,7 @@ def main_finetune(config: FinetuneConfig) -> dict[str, Any]:
     metrics["wall_s"] = round(time.monotonic() - wall_start, 2)
     write_run_dir(config.out_dir, model, _manifest(context, resolved, index), metrics, state.history)
     shutil.rmtree(config.out_dir / CHECKPOINT_DIR, ignore_errors=True)
+    metrics["wall_s"] = round(time.monotonic() - wall_start, 2)  # "done in": writing the run included
     summary = _summary(context, resolved, metrics, len(index.skipped))
     _check_accuracy_target(config, metrics["val_accuracy"])
     return summary
@@ -334,10 +350,10 @@ def _training_state(config: FinetuneConfig, store: CheckpointStore, phases: list
         store.save(state)
         return state
     state = store.load()
-    if state.fingerprint != fingerprint:
-        changed = sorted(k for k in fingerprint if fingerprint[k] != state.fingerprint.get(k))
-        raise RunDirError(f"cannot resume {config.out_dir}: options or data differ from the interrupted run "
-                          f"({', '.join(changed)}); use the same options, or --force to start over")
+    changed = _fingerprint_changes(state.fingerprint, fingerprint)
+    if changed:
+        raise RunDirError(f"cannot resume {config.out_dir}: options or data differ from the interrupted run: "
+                          f"{'; '.join(changed)}; use the same options, or --force to start over")
     done = sum(p.epochs_done for p in state.phases)
     log(f"resuming {config.out_dir}: {done} epoch(s) already done")
     return state

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict
 
-from ..contract import DeviceError, install_hint
+from ..contract import DeviceError, ModelCorruptError, install_hint
 from . import Backend
 
 _DTYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int8)": "int8", "tensor(float16)": "float16"}
@@ -32,6 +32,9 @@ class OnnxBackend(Backend):
             self.session = ort.InferenceSession(path, sess_options=session_options, providers=["CPUExecutionProvider"])
         except Exception as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            if "INVALID_PROTOBUF" in first or type(error).__name__ == "InvalidProtobuf":
+                raise ModelCorruptError("%s is not a valid ONNX model: the file is damaged or truncated (onnxruntime %s: "
+                                        "protobuf parsing failed)" % (os.path.basename(path), self.runtime_version))
             raise DeviceError("onnxruntime %s cannot load %s: %s" % (self.runtime_version, os.path.basename(path), first))
         inp = self.session.get_inputs()[0]
         self._input_name = inp.name

@@ -9,8 +9,9 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..contract import DeviceError, install_hint
+from ..contract import DeviceError, ModelCorruptError, install_hint
 from ..flatbuffer import min_runtime_version
+from ..native import banners_silenced
 from . import Backend
 
 EDGETPU_LIBRARY = "libedgetpu.so.1"
@@ -141,6 +142,17 @@ def explain_load_failure(error: BaseException, runtime: str, version: str, model
     return "%s %s cannot load %s: %s" % (runtime, version, os.path.basename(model_path), first)
 
 
+def not_a_flatbuffer(path: str, error: BaseException) -> bool:
+    """True when ``path`` is no TFLite model at all: no ``TFL3`` identifier, or a flatbuffer the runtime rejects."""
+    if "not a valid Flatbuffer" in str(error):
+        return True
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(8)[4:8] != b"TFL3"
+    except OSError:
+        return False
+
+
 class TFLiteBackend(Backend):
     """A .tflite model in the classic ``Interpreter`` (XNNPACK on CPU, or the Edge TPU delegate).
 
@@ -163,10 +175,15 @@ class TFLiteBackend(Backend):
             kwargs: Dict[str, Any] = {"model_path": path, "num_threads": threads}
             if delegates:
                 kwargs["experimental_delegates"] = delegates
-            self.interpreter = interpreter_cls(**kwargs)
-            self.interpreter.allocate_tensors()
+            with banners_silenced():
+                self.interpreter = interpreter_cls(**kwargs)
+                self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as error:
             message = explain_load_failure(error, self.runtime, self.runtime_version, path)
+            if not_a_flatbuffer(path, error):
+                detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise ModelCorruptError("%s is not a valid TFLite model: the file is damaged or truncated (%s %s: %s)"
+                                        % (os.path.basename(path), self.runtime, self.runtime_version, detail))
             needed = min_runtime_version(path)
             if needed and runtime_too_old(self.runtime, self.runtime_version, needed) and "needs TFLite" not in message:
                 message += " (the model needs TFLite >= %s)" % needed

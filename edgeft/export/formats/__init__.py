@@ -83,6 +83,10 @@ class Exporter:
         """Format-specific facts for the report row."""
         return None
 
+    def has_sidecar(self, result: dict[str, Any]) -> bool:
+        """Whether the artifact gets a sidecar ``<file>.json``: a model does, a report written instead of one does not."""
+        return True
+
     def report_notes(self, artifact: dict[str, Any]) -> list[str]:
         """Markdown paragraphs the report adds for one of this exporter's rows."""
         return []

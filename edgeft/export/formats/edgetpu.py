@@ -195,7 +195,12 @@ class EdgeTpuExporter(Exporter):
         if result.get("compiled"):  # the compiled model is what ships
             return path.stat().st_size
         int8 = path.parent / INT8_TFLITE
-        return int8.stat().st_size if int8.is_file() else None
+        if int8.is_file():
+            return int8.stat().st_size
+        return result.get("int8_size_bytes")  # the int8 model the report was predicted from (not exported)
+
+    def has_sidecar(self, result: dict[str, Any]) -> bool:
+        return bool(result.get("compiled"))  # the compatibility report is JSON itself: no ``.json.json``
 
     def details(self, result: dict[str, Any]) -> dict[str, Any] | None:
         return result.get("edgetpu")
@@ -254,4 +259,5 @@ class EdgeTpuExporter(Exporter):
                           note="edgetpu_compiler is not on PATH: predicted from the int8 model itself")
             write_json_atomic(output, report)
         metadata = dict(job.metadata, edgetpu=analysis)
-        return {"metadata": metadata, "edgetpu": analysis, "compiled": bool(compiler)}
+        return {"metadata": metadata, "edgetpu": analysis, "compiled": bool(compiler),
+                "int8_size_bytes": int8_path.stat().st_size}
