@@ -284,8 +284,12 @@ def test_doctor_and_bench_catch_a_runtime_too_old_on_bullseye(bookworm: Path, bu
     facts = report["facts"]
     assert facts["python"].startswith("3.9.") and facts["onnxruntime"] == "1.19.2" and facts["numpy"] < "2"
     assert facts["tflite_runtimes"][0] == {"name": "ai_edge_litert", "version": "2.1.0"}
-    assert any("ai_edge_litert 2.1.0 is older than model_int8.tflite needs (TFLite >= 2.21.0)" in p["problem"]
-               for p in report["problems"]), report["problems"]
+    (too_old,) = [p for p in report["problems"]
+                  if "ai_edge_litert 2.1.0 is older than model_int8.tflite needs (TFLite >= 2.21.0)" in p["problem"]]
+    # 2.1.0 is the newest ai-edge-litert for Python 3.9: the fix is Bookworm with its pins, not 2.1.0 again
+    assert too_old["fix"].startswith("ai-edge-litert 2.1.0 is the newest for Python 3.9: upgrade the device to "
+                                     "Raspberry Pi OS Bookworm (Python 3.11), then: ")
+    assert "ai-edge-litert==2.3.0" in too_old["fix"] and "2.1.0" not in too_old["fix"].split("then:")[1]
     assert json.loads(run_edgeft("doctor", "--target", "rpi4-emu", str(model), "--json").stdout)["ok"] is True
     # and the runtimes really differ: Bookworm's 2.3.0 runs it, Bullseye's 2.1.0 refuses it in one line
     result = run_edgeft("bench", str(model), "--target", "rpi4-emu", "--target", "rpi4-emu-bullseye", "--runs", "1",
@@ -295,6 +299,28 @@ def test_doctor_and_bench_catch_a_runtime_too_old_on_bullseye(bookworm: Path, bu
     assert rows["rpi4-emu"]["error"] is None and rows["rpi4-emu"]["p50_ms"] > 0
     assert re.search(r"^ai-edge-litert 2\.1\.0 cannot run \S*model_int8\.tflite: it lacks op SOFTMAX version 4 ",
                      rows["rpi4-emu-bullseye"]["error"]), rows["rpi4-emu-bullseye"]["error"]
+
+
+@pytest.mark.skipif(not MODEL.is_file(), reason="../shared/models is absent (a user's checkout)")
+def test_doctor_fix_for_a_runtime_too_old_names_a_version_that_runs_the_model(tmp_path: Path) -> None:
+    from edgeft.bench.doctor import check
+    from edgeft.bench.profiles import get_profile
+
+    model = tmp_path / "model_int8.tflite"
+    _needs_newer_runtime(MODEL, model)
+    profile = get_profile("rpi4")
+    facts = {"python": "3.9.2", "numpy": "1.26.4", "onnxruntime": "1.19.2",
+             "tflite_runtimes": [{"name": "ai_edge_litert", "version": "2.1.0"}]}
+    (problem,) = check(facts, profile, (model,))
+    assert problem["fix"] == ("ai-edge-litert 2.1.0 is the newest for Python 3.9: upgrade the device to Raspberry Pi "
+                              "OS Bookworm (Python 3.11), then: python3 -m venv \"$HOME\"/.edgeft/venv && "
+                              "\"$HOME\"/.edgeft/venv/bin/python -m pip install numpy ai-edge-litert==2.3.0 "
+                              "onnxruntime==1.32.0")
+    # on Bookworm an old install is fixed by the pinned one
+    facts.update(python="3.11.2", tflite_runtimes=[{"name": "ai_edge_litert", "version": "2.1.0"}])
+    (problem,) = check(facts, profile, (model,))
+    assert problem["fix"].endswith("pip install numpy ai-edge-litert==2.3.0 onnxruntime==1.32.0")
+    assert not problem["fix"].startswith("ai-edge-litert")
 
 
 # ----------------------------------------------------------------------------- pitfalls, errors
