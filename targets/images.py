@@ -17,6 +17,9 @@ from .contract import DeviceError
 from .preprocess import resize_images
 
 
+_ORIENTATION = 0x0112  # EXIF tag; 2-8 are mirrored or rotated
+
+
 class ImageError(DeviceError):
     """An image the classifier cannot use (unreadable file, empty image, wrong array type or shape)."""
 
@@ -37,12 +40,15 @@ def _bilinear(image_module: Any) -> Any:
 def _to_rgb(image: Any) -> Any:
     """A loaded PIL image -> RGB, upright (EXIF), transparency over white, first frame."""
     Image, ImageOps = _pil()
-    image = ImageOps.exif_transpose(image)
+    image.load()
+    # exif_transpose's own test: it and convert() copy even an upright RGB image; only copy when they change it
+    if image.getexif().get(_ORIENTATION, 1) in range(2, 9):
+        image = ImageOps.exif_transpose(image)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _check_size(width: int, height: int, what: str) -> None:

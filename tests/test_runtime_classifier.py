@@ -221,12 +221,25 @@ def test_device_decoder_matches_the_training_decoder(tmp_path: Path) -> None:
     Image.fromarray(photo[:50, :70, 0]).save(tmp_path / "gray.png")
     Image.fromarray(photo[:64, :64]).convert("P").save(tmp_path / "palette.gif")
     Image.fromarray(photo[:90, :90]).save(tmp_path / "small.bmp")
+    for orientation in (3, 8):
+        exif[0x0112] = orientation
+        Image.fromarray(photo[:120, :80]).save(tmp_path / f"orientation{orientation}.jpg", exif=exif)
     files = sorted(tmp_path.iterdir())
     if MODELS.is_dir():
         files += [MODELS / "cat.bmp", MODELS / "parrot.jpg"]
     for path in files:
         for size in (32, 64, 224):
             np.testing.assert_array_equal(load_image(path, (size, size)), decode_image(path, size), err_msg=str(path))
+    # a caller's PIL image is read, never changed: an upright RGB one is not copied, so it must stay as it was
+    with Image.open(tmp_path / "small.bmp") as image:
+        image.load()
+        pixels = load_image(image, (90, 90))
+        pixels[:] = 0
+        assert image.size == (90, 90) and np.array_equal(np.asarray(image), photo[:90, :90])
+    with Image.open(tmp_path / "rotated.jpg") as image:
+        before = np.asarray(image).copy()
+        assert load_image(image, (500, 300)).shape == (500, 300, 3)  # the upright shape
+        assert np.array_equal(np.asarray(image), before) and image.getexif().get(0x0112) == 6
 
 
 # --------------------------------------------------------------------------- edgeft's own exports
