@@ -31,6 +31,9 @@ class SkipReason(str, Enum):
     TOO_LARGE = "image too large"
 
 
+_ORIENTATION = 0x0112  # EXIF tag; 2-8 are mirrored or rotated
+
+
 class ImageError(DeviceError):
     """An image the classifier cannot use (unreadable file, empty image, wrong array type or shape).
 
@@ -87,12 +90,16 @@ def _to_8bit(image: Any) -> Any:
 def _to_rgb(image: Any) -> Any:
     """A loaded PIL image -> RGB, upright (EXIF), transparency over white, 16-bit/float onto 0..255."""
     Image, ImageOps = _pil()
-    image = ImageOps.exif_transpose(image)
+    image.load()
+    # exif_transpose's own test: it and convert() copy even an upright RGB image; only copy when they change it
+    if image.getexif().get(_ORIENTATION, 1) in range(2, 9):
+        image = ImageOps.exif_transpose(image)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    return _to_8bit(image).convert("RGB")
+    image = _to_8bit(image)
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _check_size(width: int, height: int, what: str) -> None:

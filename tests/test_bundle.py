@@ -140,3 +140,61 @@ def test_bundle_bad_input_is_one_line(case: str, tmp_path: Path) -> None:
     assert len(errors) == 1 and fragment in errors[0] and "Traceback" not in result.stderr
     assert not (tmp_path / "app").exists() or case == "exists"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".app.")]  # no half-written folder left
+
+
+def _export_folder(root: Path, records: list[dict]) -> Path:
+    """An export folder with export_report.json listing ``records`` (tiny placeholder model files)."""
+    export = root / "export"
+    export.mkdir()
+    for record in records:
+        (export / record["path"]).write_bytes(b"TFL3")
+    (export / "export_report.json").write_text(json.dumps({"schema": "edgeft.export_report/2", "artifacts": records}))
+    return export
+
+
+def _artifact(path: str, fmt: str, precision: str, accuracy: float, passed: bool = True) -> dict:
+    return {"format": fmt, "precision": precision, "source": "ptq" if precision == "int8" else "float",
+            "path": path, "accuracy": accuracy, "passed": passed}
+
+
+@pytest.mark.parametrize("target, int8_passed, expected", [
+    ("rpi4", True, "model_int8.tflite"),           # a Pi runs int8 TFLite best
+    ("rpi4", False, "model_dynamic_range.tflite"),  # int8 failed export's accuracy check: the next that passed
+    ("coral-usb", True, "model_int8_edgetpu.tflite"),
+])
+def test_bundle_ships_the_export_reports_best_artifact_for_the_target(target: str, int8_passed: bool, expected: str,
+                                                                       tmp_path: Path) -> None:
+    export = _export_folder(tmp_path, [
+        _artifact("model_float32.tflite", "tflite", "float32", 0.95),
+        _artifact("model_dynamic_range.tflite", "tflite", "dynamic_range", 0.94),
+        _artifact("model_int8.tflite", "tflite", "int8", 0.93, passed=int8_passed),
+        _artifact("model_int8.onnx", "onnx", "int8", 0.96),
+        _artifact("model_int8_edgetpu.tflite", "edgetpu", "int8", 0.93),
+    ])
+    result = run_edgeft("bundle", str(export), "--target", target, "--out", str(tmp_path / "app"), "--json")
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["artifact"] == expected and (tmp_path / "app" / expected).is_file()
+    assert record["chosen_by"] == "export_report.json"
+    override = run_edgeft("bundle", str(export), "--target", target, "--out", str(tmp_path / "app2"),
+                          "--artifact", "model_int8.onnx", "--json")
+    assert override.exit_code == 0 and json.loads(override.stdout)["artifact"] == "model_int8.onnx"
+
+
+@pytest.mark.parametrize("target, fragment", [
+    ("coral-usb", "has no artifact that coral-usb runs (model_float32.tflite, model_int8.onnx); export it with: "
+                  "edgeft export RUN_DIR --formats tflite,edgetpu --int8 (on a host with edgetpu_compiler)"),
+    ("rpi4", "has no artifact that rpi4 runs (model_float32.onnx, model_int8.onnx); export it with: "
+             "edgeft export RUN_DIR --formats tflite --int8"),
+])
+def test_bundle_from_a_report_without_the_targets_artifact_says_what_to_export(target: str, fragment: str,
+                                                                               tmp_path: Path) -> None:
+    records = [_artifact("model_int8.onnx", "onnx", "int8", 0.9)]
+    records.append(_artifact("model_float32.tflite", "tflite", "float32", 0.9) if target == "coral-usb"
+                   else _artifact("model_float32.onnx", "onnx", "float32", 0.9))
+    export = _export_folder(tmp_path, records)
+    result = run_edgeft("bundle", str(export), "--target", target, "--out", str(tmp_path / "app"))
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [f"error: {export} {fragment}, or choose another file with "
+                                                  "--artifact NAME"]
+    assert not (tmp_path / "app").exists()

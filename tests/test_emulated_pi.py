@@ -21,8 +21,8 @@ import pytest
 from conftest import SHARED, run_edgeft
 from export_helpers import mobilenet_run
 
-from edgeft.bench.emulated import (EmulatedTransport, Userland, cache_root, command_problems, python_argv,
-                                   setup_userland)
+from edgeft.bench.emulated import (EmulatedTransport, Userland, cache_root, command_problems, install_requirements,
+                                   only_folder_argv, python_argv, setup_userland)
 from edgeft.errors import MissingDependencyError, TargetError
 
 # Read before conftest points EDGEFT_CACHE_DIR at a per-session folder: the userland is big, keep one.
@@ -284,8 +284,12 @@ def test_doctor_and_bench_catch_a_runtime_too_old_on_bullseye(bookworm: Path, bu
     facts = report["facts"]
     assert facts["python"].startswith("3.9.") and facts["onnxruntime"] == "1.19.2" and facts["numpy"] < "2"
     assert facts["tflite_runtimes"][0] == {"name": "ai_edge_litert", "version": "2.1.0"}
-    assert any("ai_edge_litert 2.1.0 is older than model_int8.tflite needs (TFLite >= 2.21.0)" in p["problem"]
-               for p in report["problems"]), report["problems"]
+    (too_old,) = [p for p in report["problems"]
+                  if "ai_edge_litert 2.1.0 is older than model_int8.tflite needs (TFLite >= 2.21.0)" in p["problem"]]
+    # 2.1.0 is the newest ai-edge-litert for Python 3.9: the fix is Bookworm with its pins, not 2.1.0 again
+    assert too_old["fix"].startswith("ai-edge-litert 2.1.0 is the newest for Python 3.9: upgrade the device to "
+                                     "Raspberry Pi OS Bookworm (Python 3.11), then: ")
+    assert "ai-edge-litert==2.3.0" in too_old["fix"] and "2.1.0" not in too_old["fix"].split("then:")[1]
     assert json.loads(run_edgeft("doctor", "--target", "rpi4-emu", str(model), "--json").stdout)["ok"] is True
     # and the runtimes really differ: Bookworm's 2.3.0 runs it, Bullseye's 2.1.0 refuses it in one line
     result = run_edgeft("bench", str(model), "--target", "rpi4-emu", "--target", "rpi4-emu-bullseye", "--runs", "1",
@@ -295,6 +299,86 @@ def test_doctor_and_bench_catch_a_runtime_too_old_on_bullseye(bookworm: Path, bu
     assert rows["rpi4-emu"]["error"] is None and rows["rpi4-emu"]["p50_ms"] > 0
     assert re.search(r"^ai-edge-litert 2\.1\.0 cannot run \S*model_int8\.tflite: it lacks op SOFTMAX version 4 ",
                      rows["rpi4-emu-bullseye"]["error"]), rows["rpi4-emu-bullseye"]["error"]
+
+
+@pytest.mark.skipif(not MODEL.is_file(), reason="../shared/models is absent (a user's checkout)")
+def test_doctor_fix_for_a_runtime_too_old_names_a_version_that_runs_the_model(tmp_path: Path) -> None:
+    from edgeft.bench.doctor import check
+    from edgeft.bench.profiles import get_profile
+
+    model = tmp_path / "model_int8.tflite"
+    _needs_newer_runtime(MODEL, model)
+    profile = get_profile("rpi4")
+    facts = {"python": "3.9.2", "numpy": "1.26.4", "onnxruntime": "1.19.2",
+             "tflite_runtimes": [{"name": "ai_edge_litert", "version": "2.1.0"}]}
+    (problem,) = check(facts, profile, (model,))
+    assert problem["fix"] == ("ai-edge-litert 2.1.0 is the newest for Python 3.9: upgrade the device to Raspberry Pi "
+                              "OS Bookworm (Python 3.11), then: python3 -m venv \"$HOME\"/.edgeft/venv && "
+                              "\"$HOME\"/.edgeft/venv/bin/python -m pip install numpy ai-edge-litert==2.3.0 "
+                              "onnxruntime==1.32.0")
+    # on Bookworm an old install is fixed by the pinned one
+    facts.update(python="3.11.2", tflite_runtimes=[{"name": "ai_edge_litert", "version": "2.1.0"}])
+    (problem,) = check(facts, profile, (model,))
+    assert problem["fix"].endswith("pip install numpy ai-edge-litert==2.3.0 onnxruntime==1.32.0")
+    assert not problem["fix"].startswith("ai-edge-litert")
+
+
+# ----------------------------------------------------------------------------- 4. the bundle's app
+# What imports in the app's Python: only the bundle's requirements, no edgeft, no TensorFlow, not the
+# userland's own onnxruntime.
+IMPORTABLE = r'''
+import importlib.util, json, sys
+names = ("numpy", "PIL", "ai_edge_litert", "onnxruntime", "edgeft", "tensorflow", "click")
+print(json.dumps({"python": sys.version.split()[0], "found": [n for n in names if importlib.util.find_spec(n)]}))
+'''
+
+
+@pytest.mark.slow
+def test_bundle_app_with_only_its_requirements_finds_the_cat_on_rpi4_emu(bookworm: Path, tmp_path: Path) -> None:
+    _needs_shared()
+    app = tmp_path / "cat-app"
+    result = run_edgeft("bundle", str(MODEL), "--target", "rpi4", "--out", str(app), "--labels", str(LABELS))
+    assert result.exit_code == 0, result.stderr
+    site = tmp_path / "site"
+    try:
+        installed = install_requirements(app / "requirements.txt", site, Userland.BOOKWORM)
+    except TargetError as error:
+        if _in_ci() or "registry is unreachable" not in str(error):
+            raise
+        pytest.skip(str(error))
+    assert installed["pillow"] == "12.0.0" and installed["ai-edge-litert"] == "2.3.0" and "onnxruntime" not in installed
+    argv = only_folder_argv("cortex-a72", Userland.BOOKWORM, site, bookworm)
+    assert command_problems(argv) == []
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    probe = tmp_path / "importable.py"
+    probe.write_text(IMPORTABLE)
+    seen = subprocess.run(argv + [str(probe)], capture_output=True, text=True, timeout=300, env=env)
+    assert seen.returncode == 0, seen.stderr[-2000:]
+    assert json.loads(seen.stdout) == {"python": "3.11.2", "found": ["numpy", "PIL", "ai_edge_litert"]}
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "cat.bmp").write_bytes(CAT.read_bytes())
+    run = subprocess.run(argv + [str(app / "app.py"), str(inbox), "--once", "--top-k", "3"], capture_output=True,
+                         text=True, timeout=600, env=env, cwd=str(tmp_path))
+    print(" ".join(argv[:5] + ["..."] + argv[-1:] + ["cat-app/app.py", "inbox", "--once", "--top-k", "3"]))
+    print(run.stdout)
+    assert run.returncode == 0, run.stderr[-2000:]
+    (row,) = [json.loads(line) for line in run.stdout.splitlines()]
+    assert Path(row["file"]).name == "cat.bmp" and "cat" in row["top"][0][0], row
+    from edgeft.runtime import Classifier
+
+    with Classifier.load(MODEL, labels=LABELS) as classifier:  # x86: the same labels and scores (int8 outputs)
+        assert [tuple(pair) for pair in row["top"]] == classifier.classify(CAT, top_k=3)
+
+
+def test_bundle_requirements_are_read_for_the_device_python_not_the_hosts() -> None:
+    from edgeft.bench.emulated import requirements_for
+
+    text = ('# comment\nnumpy<2; python_version == "3.9"\npillow==11.3.0; python_version == "3.9"\n'
+            'numpy; python_version > "3.9"\npillow==12.0.0; python_version > "3.9"  # newest\n'
+            'ai-edge-litert==2.3.0; platform_machine == "aarch64"\nonnxruntime; platform_machine == "x86_64"\n')
+    assert requirements_for(text, "3.9") == ["numpy<2", "pillow==11.3.0", "ai-edge-litert==2.3.0"]
+    assert requirements_for(text, "3.11") == ["numpy", "pillow==12.0.0", "ai-edge-litert==2.3.0"]
 
 
 # ----------------------------------------------------------------------------- pitfalls, errors

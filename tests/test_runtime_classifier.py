@@ -221,12 +221,25 @@ def test_device_decoder_matches_the_training_decoder(tmp_path: Path) -> None:
     Image.fromarray(photo[:50, :70, 0]).save(tmp_path / "gray.png")
     Image.fromarray(photo[:64, :64]).convert("P").save(tmp_path / "palette.gif")
     Image.fromarray(photo[:90, :90]).save(tmp_path / "small.bmp")
+    for orientation in (3, 8):
+        exif[0x0112] = orientation
+        Image.fromarray(photo[:120, :80]).save(tmp_path / f"orientation{orientation}.jpg", exif=exif)
     files = sorted(tmp_path.iterdir())
     if MODELS.is_dir():
         files += [MODELS / "cat.bmp", MODELS / "parrot.jpg"]
     for path in files:
         for size in (32, 64, 224):
             np.testing.assert_array_equal(load_image(path, (size, size)), decode_image(path, size), err_msg=str(path))
+    # a caller's PIL image is read, never changed: an upright RGB one is not copied, so it must stay as it was
+    with Image.open(tmp_path / "small.bmp") as image:
+        image.load()
+        pixels = load_image(image, (90, 90))
+        pixels[:] = 0
+        assert image.size == (90, 90) and np.array_equal(np.asarray(image), photo[:90, :90])
+    with Image.open(tmp_path / "rotated.jpg") as image:
+        before = np.asarray(image).copy()
+        assert load_image(image, (500, 300)).shape == (500, 300, 3)  # the upright shape
+        assert np.array_equal(np.asarray(image), before) and image.getexif().get(0x0112) == 6
 
 
 # --------------------------------------------------------------------------- edgeft's own exports
@@ -308,3 +321,33 @@ def test_image_files_reproduce_the_export_accuracy(exported: tuple[Path, Path, d
         figures[name] = (accuracy, expected)
         assert abs(accuracy - expected) <= 0.005, (name, accuracy, expected)
     print("image-file accuracy vs export report:", figures, f"({len(samples)} files)")
+
+
+# --------------------------------------------------------------------------- pixels -> input by table
+@pytest.mark.parametrize("dtype, quant", [("int8", (0.0078125, 0)), ("uint8", (0.02, 3)), ("float32", (0.0, 0)),
+                                          ("float16", (0.0, 0))])
+@pytest.mark.parametrize("order", ["RGB", "BGR"])
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_input_table_gives_exactly_what_prepare_gives(dtype: str, quant: tuple, order: str, layout: str) -> None:
+    from types import SimpleNamespace
+
+    from edgeft.targets import Model
+    from edgeft.targets.classifier import input_table
+
+    model = Model.__new__(Model)  # the mapping only: no interpreter needed
+    model.backend = SimpleNamespace(input_dtype=np.dtype(dtype), input_quant=quant, layout=layout,
+                                    input_shape=[1, 40, 40, 3])  # backends give the shape as NHWC
+    per_channel = {"scale": [0.017, 0.0175, 0.0174], "offset": [-2.1, -2.03, -1.8], "channel_order": order}
+    same = {"scale": [1 / 127.5] * 3, "offset": [-1.0] * 3, "channel_order": order}
+    images = np.random.default_rng(7).integers(0, 256, size=(2, 40, 40, 3), dtype=np.uint8)
+    for prep in (per_channel, same):
+        model.sidecar = {"preprocessing": prep}
+        table = input_table(model)
+        assert table is not None and (table.column is not None) == (prep is same)
+        expected = model.prepare(images)
+        got = table.lookup(images)
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        np.testing.assert_array_equal(got, expected)
+    model.sidecar = {}
+    if dtype == "uint8" and layout == "NHWC":  # raw pixels are the input: no table, no copy
+        assert input_table(model) is None

@@ -77,8 +77,26 @@ def check(facts: dict[str, Any], profile: Profile | None, artifacts: tuple[Path,
             if device.runtime_too_old(best["name"], best["version"], needed):
                 problems.append({"problem": f"{best['name']} {best['version']} is older than {Path(artifact).name} "
                                             f"needs (TFLite >= {needed}): it will refuse some of its ops",
-                                 "fix": fix})
+                                 "fix": newer_runtime_fix(profile, python, needed)})
     return problems
+
+
+def newer_runtime_fix(profile: Profile | None, python_version: str, needed: str | None) -> str:
+    """The fix for a TFLite runtime older than a model needs.
+
+    The pinned install when its version is new enough; when the newest runtime for this Python is
+    itself too old (ai-edge-litert 2.1.0 is the last for Python 3.9), the fix is a newer OS.
+    """
+    short = ".".join(python_version.split(".")[:2])
+    name, _, pinned = device.pins_for(short)["tflite"].partition("==")
+    if not device.runtime_too_old(name, pinned, needed):
+        return install_command(profile, python_version)
+    newest_name, _, newest = device.PINS["default"]["tflite"].partition("==")
+    if device.runtime_too_old(newest_name, newest, needed):
+        return (f"no {newest_name} release edgeft pins runs TFLite {needed} models (the newest, {newest}, is "
+                f"older): export the model with an older TensorFlow")
+    return (f"{name} {pinned} is the newest for Python {short}: upgrade the device to Raspberry Pi OS Bookworm "
+            f"(Python 3.11), then: {install_command(profile, '3.11')}")
 
 
 def main_doctor(config: DoctorConfig) -> dict[str, Any]:

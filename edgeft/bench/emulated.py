@@ -638,6 +638,71 @@ def setup_userland(userland: Userland = Userland.BOOKWORM, cpus: tuple[str, ...]
         return SetupResult(userland, tuple(cpus), root, seconds, size, True, str(record["python_version"]), packages)
 
 
+# Runs a script with only the standard library and one folder on sys.path (the interpreter runs with -S):
+# argv after it is FOLDER SCRIPT ARGS...; the script's folder replaces -c's current directory, as
+# `python SCRIPT` would have it.
+_ONLY_FOLDER_BOOT = ("import os, runpy, sys; folder = sys.argv.pop(1); sys.argv.pop(0); "
+                     "sys.path[0:1] = [os.path.dirname(os.path.abspath(sys.argv[0])), folder]; "
+                     "runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def requirements_for(text: str, python: str) -> list[str]:
+    """The lines of a ``requirements.txt`` that apply to a device Python (its markers evaluated for it).
+
+    pip evaluates markers against the Python that runs pip, not the ``--python-version`` it downloads
+    for; this evaluates them for the emulated aarch64 Linux Python instead.
+    """
+    try:
+        from packaging.markers import Marker
+        from packaging.requirements import InvalidRequirement, Requirement
+    except ImportError:
+        from pip._vendor.packaging.markers import Marker  # type: ignore[no-redef]
+        from pip._vendor.packaging.requirements import InvalidRequirement, Requirement  # type: ignore[no-redef]
+    environment = {"python_version": python, "python_full_version": f"{python}.0", "platform_machine": "aarch64",
+                   "sys_platform": "linux", "platform_system": "Linux", "os_name": "posix",
+                   "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+    lines = []
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement as error:
+            raise UsageError(f"cannot read requirement {line!r}: {error}") from None
+        if requirement.marker is None or Marker(str(requirement.marker)).evaluate(environment):
+            requirement.marker = None
+            lines.append(str(requirement))
+    return lines
+
+
+def install_requirements(requirements: Path, into: Path, userland: Userland = Userland.BOOKWORM) -> dict[str, str]:
+    """``pip install -r requirements`` for the emulated userland's Python into the folder ``into``.
+
+    The aarch64 wheels come from the package registry, as on a device; nothing from the userland's
+    own ``dist-packages`` is used. Returns the installed distributions and versions. Run a script
+    with only these packages with :func:`only_folder_argv`.
+    """
+    spec = USERLANDS[userland]
+    lines = requirements_for(Path(requirements).read_text("utf-8"), spec.python)
+    if not lines:
+        raise UsageError(f"{requirements} has no requirement for Python {spec.python}")
+    pip = _pip()
+    _check(pip + ["install", "-q", *_pip_args(spec), "--target", str(into), "--no-compile", "--ignore-requires-python",
+                  "--no-warn-script-location", *lines],
+           f"pip install of {Path(requirements).name} for aarch64 Python {spec.python} ({' '.join(lines)})")
+    return _installed(Path(into))
+
+
+def only_folder_argv(cpu: str, userland: Userland, folder: Path, root: Path | None = None) -> list[str]:
+    """The emulated Python seeing its standard library and ``folder`` only (append a script and its arguments).
+
+    ``-S`` leaves out the userland's ``dist-packages`` (numpy, LiteRT, onnxruntime of the profile):
+    the script runs as in a fresh venv where only ``folder``'s packages were installed.
+    """
+    return python_argv(cpu, userland, root) + ["-S", "-c", _ONLY_FOLDER_BOOT, str(folder)]
+
+
 def _deb_version(debs: list[Path], package: str) -> str:
     for deb in debs:
         name, _, rest = deb.name.partition("_")

@@ -7,8 +7,11 @@ lines), ``edgeft-app.service`` (systemd), ``README.md`` and ``bundle.json``. The
 under a temporary name and renamed when complete.
 
 Which artifact: ``--artifact NAME`` or a model file given directly; ``--from-bench BENCH_DIR``:
-the one ``edgeft bench`` recommended for the target; else the one for the target's runtime
-(``model_int8_edgetpu.tflite`` for an Edge TPU target, ``model_int8.tflite`` otherwise).
+the one ``edgeft bench`` recommended for the target; else the best one ``export_report.json``
+lists for the target's runtime (see :func:`best_in_report`: the Edge TPU model for a Coral, int8
+TFLite for a CPU target, preferring artifacts that passed export's accuracy check); an export
+folder without a report falls back to the file name (``model_int8_edgetpu.tflite`` or
+``model_int8.tflite``).
 """
 
 from __future__ import annotations
@@ -46,6 +49,61 @@ def default_artifact(profile: Any) -> str:
     return "model_int8_edgetpu.tflite" if profile.delegate == "edgetpu" else "model_int8.tflite"
 
 
+# On a CPU target: smallest and fastest first (what XNNPACK runs best on a Pi).
+PRECISION_RANK = ("int8", "dynamic_range", "float16", "float32")
+REPORT_NAME = "export_report.json"
+
+
+def _runs_on(record: dict[str, Any], profile: Any) -> bool:
+    if profile.delegate == "edgetpu":
+        return record.get("format") == "edgetpu" or str(record.get("path", "")).endswith("_edgetpu.tflite")
+    return record.get("format") == "tflite" and not str(record.get("path", "")).endswith("_edgetpu.tflite")
+
+
+def best_in_report(report: dict[str, Any], profile: Any) -> dict[str, Any] | None:
+    """The export report's artifact a target's runtime runs best, or None when it has none.
+
+    Only the format the target runs (Edge TPU models for an Edge TPU target, TFLite otherwise);
+    artifacts that passed export's accuracy check before those that failed it; then by precision
+    (int8, dynamic range, float16, float32); then the most accurate (QAT over PTQ when it measured better).
+    """
+    records = [r for r in report.get("artifacts") or [] if isinstance(r, dict) and _runs_on(r, profile)]
+    if not records:
+        return None
+
+    def rank(record: dict[str, Any]) -> tuple[int, int, float]:
+        precision = str(record.get("precision"))
+        order = PRECISION_RANK.index(precision) if precision in PRECISION_RANK else len(PRECISION_RANK)
+        return (1 if record.get("passed") is False else 0, order, -float(record.get("accuracy") or 0.0))
+
+    return min(records, key=rank)
+
+
+def _from_report(source: Path, profile: Any) -> Path | None:
+    """The artifact :func:`best_in_report` picks in ``source`` (None without a report), or a one-line error."""
+    report_path = source / REPORT_NAME
+    if not report_path.is_file():
+        return None
+    try:
+        report = json.loads(report_path.read_text("utf-8"))
+        if not isinstance(report, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise UsageError(f"cannot read {report_path}: {str(error).splitlines()[0]}; "
+                         "re-export, or choose a file with --artifact NAME") from None
+    chosen = best_in_report(report, profile)
+    name = default_artifact(profile)
+    if chosen is None:
+        listed = ", ".join(sorted(str(r.get("path")) for r in report.get("artifacts") or [] if isinstance(r, dict)))
+        raise UsageError(f"{source} has no artifact that {profile.name} runs ({listed or 'none exported'}); "
+                         f"export it with: {_export_hint(name)}, or choose another file with --artifact NAME")
+    path = source / str(chosen.get("path"))
+    if not path.is_file():
+        raise UsageError(f"{REPORT_NAME} lists {chosen.get('path')} for {profile.name}, but {path} is missing; "
+                         "re-export, or choose another file with --artifact NAME")
+    return path
+
+
 def _export_hint(name: str) -> str:
     if name.endswith("_edgetpu.tflite"):
         return "edgeft export RUN_DIR --formats tflite,edgetpu --int8 (on a host with edgetpu_compiler)"
@@ -79,6 +137,10 @@ def choose_artifact(source: Path, profile: Any, artifact: str | None, from_bench
         if path.is_file():
             return path
         raise UsageError(f"the bench recommends {path.name} for {profile.name}, but it is not in {source}")
+    if not artifact:
+        reported = _from_report(source, profile)
+        if reported is not None:
+            return reported
     name = artifact or default_artifact(profile)
     path = source / name
     if not path.is_file():
@@ -86,6 +148,16 @@ def choose_artifact(source: Path, profile: Any, artifact: str | None, from_bench
         raise UsageError(f"{source} has no {name}{how}; export it with: {_export_hint(name)}, "
                          "or choose another file with --artifact NAME")
     return path
+
+
+def _chosen_by(source: Path, artifact: str | None, from_bench: Path | None) -> str:
+    if source.is_file():
+        return "model file given"
+    if artifact:
+        return "--artifact"
+    if from_bench is not None:
+        return "--from-bench"
+    return REPORT_NAME if (source / REPORT_NAME).is_file() else "file name"
 
 
 def _python_versions(profile: Any) -> list[str]:
@@ -174,6 +246,7 @@ def build_bundle(source: Path, target: str, out: Path, artifact: str | None = No
         os.chmod(work / "app.py", 0o755)
         record = {"schema": "edgeft.bundle/1", "target": profile.name, "artifact": model.name,
                   "source": str(model.resolve()), "sha256": _sha256(work / model.name),
+                  "chosen_by": _chosen_by(source, artifact, from_bench),
                   "from_bench": str(from_bench) if from_bench else None, "edgeft_version": __version__,
                   "files": sorted(p.name for p in work.iterdir()) + ["bundle.json"]}
         (work / "bundle.json").write_text(json.dumps(record, indent=2) + "\n", "utf-8")
