@@ -203,8 +203,27 @@ def test_runtime_does_not_import_tensorflow_keras_or_click() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_device_decoder_matches_the_training_decoder(tmp_path: Path) -> None:
-    """The device package's copy of the decoding steps gives the training decoder's pixels, file for file."""
+def _pillow_reference(path: Path, size: int) -> np.ndarray:
+    """Training's decoding written out with plain Pillow calls: draft-decode JPEGs at twice the target,
+    first frame, upright by EXIF, transparency over white, RGB, bilinear resize (reducing gap 3)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as image:
+        if image.format == "JPEG":
+            image.draft("RGB", (2 * size, 2 * size))
+        image.seek(0)
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image.convert("RGBA"))
+        image = image.convert("RGB")
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        return np.asarray(image)
+
+
+def test_runtime_and_training_decode_files_as_plain_pillow_does(tmp_path: Path) -> None:
+    """The one decoder (runtime ``load_image``, training ``decode_image``) gives the pixels of the plain Pillow
+    steps, file for file: a change of resize or colour handling fails here before it reaches a device."""
     from PIL import Image
 
     from edgeft.data.images import decode_image
@@ -229,7 +248,9 @@ def test_device_decoder_matches_the_training_decoder(tmp_path: Path) -> None:
         files += [MODELS / "cat.bmp", MODELS / "parrot.jpg"]
     for path in files:
         for size in (32, 64, 224):
-            np.testing.assert_array_equal(load_image(path, (size, size)), decode_image(path, size), err_msg=str(path))
+            reference = _pillow_reference(path, size)
+            np.testing.assert_array_equal(load_image(path, (size, size)), reference, err_msg=str(path))
+            np.testing.assert_array_equal(decode_image(path, size), reference, err_msg=str(path))
     # a caller's PIL image is read, never changed: an upright RGB one is not copied, so it must stay as it was
     with Image.open(tmp_path / "small.bmp") as image:
         image.load()
