@@ -193,9 +193,8 @@ def main_bench(config: BenchConfig) -> dict[str, Any]:
     """Benchmark every artifact on every target; write BENCH_DIR; return the summary.
 
     Rows measured before a failure are written; any failure then raises :class:`TargetError` (exit 7).
+    ``--out`` is checked and locked before anything is staged or measured.
     """
-    from edgeft.bench.report import build_rows, write_reports
-
     if config.runs is not None and config.duration_s is not None:
         raise UsageError("--runs and --duration are exclusive: give one")
     if config.runs is not None and config.runs < 1:
@@ -206,6 +205,20 @@ def main_bench(config: BenchConfig) -> dict[str, Any]:
         raise UsageError("--warmup must be 0 or more")
     if config.threads is not None and any(t < 1 for t in config.threads):
         raise UsageError("--threads must list positive integers, e.g. 1,2,4")
+    from edgeft import interrupts
+    from edgeft.outputs import has_content, open_output
+
+    out = Path(config.out_dir)
+    earlier = " (the results already there are unchanged)" if has_content(out) else ""
+    interrupts.advise(f"interrupted; nothing was written to {out}{earlier}: run the same command again")
+    with open_output(out, replace=False):
+        return _bench(config)
+
+
+def _bench(config: BenchConfig) -> dict[str, Any]:
+    """Stage, measure on every target and write BENCH_DIR (locked by the caller)."""
+    from edgeft.bench.report import build_rows, write_reports
+
     artifacts = expand_artifacts(config.artifacts)
     targets = resolve_targets(config.targets, config.ssh)
     started = time.time()
