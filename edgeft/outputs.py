@@ -217,7 +217,7 @@ def open_output(out: Path, replace: bool, inputs: Sequence[Path] = (), option: s
     completes; when the block raises (an error, Ctrl-C, SIGTERM) it is removed and ``final`` is left
     untouched. With ``resumable``, the sibling has a fixed name (:func:`staging_path`) and is kept after
     an interruption when ``resumable(work)`` says it holds something to resume; ``resume=True`` then
-    continues in it. Entries of the old folder for which ``carry`` is true are copied into the new one
+    continues in it (and keeps it whatever the outcome). Entries of the old folder for which ``carry`` is true are copied into the new one
     before the swap. A folder this call created is removed again if nothing was written into it.
     """
     final = check_output_location(out, inputs, option)
@@ -235,12 +235,11 @@ def open_output(out: Path, replace: bool, inputs: Sequence[Path] = (), option: s
         staging.mkdir(exist_ok=resuming)
         try:
             yield OutputFolder(final=final, work=staging)
-        except KeyboardInterrupt:
-            if resumable is None or not resumable(staging):
+        except BaseException as error:
+            # kept: an interrupted run's checkpoints, and the one being resumed (a refused --resume loses nothing)
+            keep = resumable is not None and resumable(staging) and (resuming or isinstance(error, KeyboardInterrupt))
+            if not keep:
                 shutil.rmtree(staging, ignore_errors=True)
-            raise
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
             raise
         # the lock file belongs to the folder being replaced; the new one must not inherit a copy
         (staging / LOCK_FILE).unlink(missing_ok=True)

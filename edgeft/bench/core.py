@@ -22,6 +22,7 @@ from edgeft.bench.device_app import APP_NAME, device_app
 from edgeft.bench.recommend import artifact_labels
 from edgeft.bench.results import parse_result
 from edgeft.bench.targets import ResolvedTarget, resolve_targets
+from edgeft.bench.transport import stop_all
 from edgeft.errors import DatasetError, ModelFileError, TargetError, UsageError
 from edgeft.progress import log
 
@@ -235,13 +236,21 @@ def _bench(config: BenchConfig) -> dict[str, Any]:
             except TargetError as error:
                 return target.name, None, error.message
 
-        with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, len(targets)))
+        try:
             for name, document, error in pool.map(one, targets):
                 if document is not None:
                     results[name] = document
                 if error is not None:
                     errors[name] = error
                     log(f"bench: {error}")
+        except KeyboardInterrupt:
+            # the targets run in worker threads, which Ctrl-C does not reach: end their device processes so
+            # that each worker removes its remote directory and returns
+            stop_all()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     rows, warnings = build_rows(targets, artifacts, results, errors)
