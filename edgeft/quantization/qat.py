@@ -216,10 +216,10 @@ def _qat_run(config: QATConfig, run: RunDir, work: Path, started: float) -> dict
     log(f"qat: float model val accuracy {float_accuracy:.4f}; annotating {len(model.layers)} layers")
     interrupts.advise(_qat_advice(config, "while annotating the model for QAT"))
     qat_model = _prepare_qat_model(model, config, data)
+    interrupts.advise(_qat_advice(config, "during QAT fine-tuning"))
     before = _accuracy(qat_model, data.x_val, data.y_val, config.batch_size)
     log(f"qat: fake-quantized model before fine-tuning: val accuracy {before:.4f}; {config.epochs} epoch(s) "
         f"at learning rate {config.learning_rate}")
-    interrupts.advise(_qat_advice(config, "during QAT fine-tuning"))
     history = _fine_tune(qat_model, config, data)
     metrics = _metrics(qat_model, config, data, run.manifest.class_names)
     metrics.update(float_val_accuracy=float_accuracy, val_accuracy_before_qat_training=before,
