@@ -280,3 +280,35 @@ def test_bench_interrupted_writes_nothing(tmp_path: Path) -> None:
     assert code == 130, rest
     assert rest[-1] == f"error: interrupted; nothing was written to {out}: run the same command again"
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------- write failures
+@pytest.mark.slow
+def test_full_disk_while_writing_the_run_keeps_checkpoints_that_resume(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from edgeft.errors import OutputWriteError
+    from edgeft.training import finetune
+    from edgeft.training.config import FinetuneConfig
+
+    data = write_shapes(tmp_path / "data", per_class=4, size=40)
+    out = tmp_path / "run"
+    options = dict(data_dir=data, out_dir=out, weights="none", alpha=0.35, image_size=32, epochs=2)
+
+    def full_disk(folder: Path, *args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / "model.keras"))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(finetune, "write_run_dir", full_disk)
+        with pytest.raises(OutputWriteError) as raised:
+            finetune.main_finetune(FinetuneConfig.from_options(**options))
+    assert str(raised.value) == (
+        f"could not write {out / 'model.keras'}: no space left on the device; the last completed epoch is kept: "
+        "once there is room, run the same command with --resume to continue")
+    assert raised.value.exit_code == 8
+    assert (out / ".checkpoints" / "state.json").is_file() and not (out / "edgeft.json").exists()
+
+    summary = finetune.main_finetune(FinetuneConfig.from_options(**options, resume=True))
+    assert summary["epochs"] == {"scratch": 2}
+    assert (out / "edgeft.json").is_file() and not (out / ".checkpoints").exists()

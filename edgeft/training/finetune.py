@@ -299,11 +299,32 @@ def main_finetune(config: FinetuneConfig) -> dict[str, Any]:
 
     wall_start = time.monotonic()
     interrupts.advise("interrupted before training started; nothing to resume: run the same command again")
-    with open_output(config.out_dir, replace=config.force, inputs=[config.data_dir], resumable=_holds_checkpoint,
-                     resume=config.resume, carry=keep_user_entries((*RUN_ARTIFACTS, CHECKPOINT_DIR))) as folder:
-        summary = _train_run(config, folder, wall_start)
+    try:
+        with open_output(config.out_dir, replace=config.force, inputs=[config.data_dir],
+                         resumable=_holds_checkpoint, resume=config.resume,
+                         carry=keep_user_entries((*RUN_ARTIFACTS, CHECKPOINT_DIR))) as folder:
+            summary = _train_run(config, folder, wall_start)
+    except Exception as error:
+        _raise_write_failure(config, error)
+        raise
     _check_accuracy_target(config, summary["val_accuracy"])
     return summary
+
+
+def _raise_write_failure(config: FinetuneConfig, error: BaseException) -> None:
+    """A failed write (full disk, read-only, no permission) as one line that says what was kept."""
+    from edgeft.outputs import staging_path, write_failure
+
+    failure = write_failure(error)
+    if failure is None:
+        return
+    kept = ""
+    if any(_holds_checkpoint(folder) for folder in (config.out_dir, staging_path(config.out_dir))):
+        kept = ("; the last completed epoch is kept: once there is room, run the same command with --resume"
+                + (" in place of --force" if config.force else "") + " to continue")
+    elif (config.out_dir / MANIFEST_FILE).is_file():
+        kept = f"; the run already in {config.out_dir} is unchanged"
+    raise type(failure)(failure.message + kept) from None
 
 
 def _train_run(config: FinetuneConfig, folder: OutputFolder, wall_start: float) -> dict[str, Any]:
