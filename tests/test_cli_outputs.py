@@ -312,3 +312,26 @@ def test_full_disk_while_writing_the_run_keeps_checkpoints_that_resume(tmp_path:
     summary = finetune.main_finetune(FinetuneConfig.from_options(**options, resume=True))
     assert summary["epochs"] == {"scratch": 2}
     assert (out / "edgeft.json").is_file() and not (out / ".checkpoints").exists()
+
+
+def test_interrupt_during_qat_annotation_is_not_swallowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_registry as registry_module,
+    )
+
+    from edgeft.interrupts import Terminated
+    from edgeft.quantization.qat import quantize_flat_model
+    from edgeft.tfcompat import keras
+
+    k = keras()
+    inputs = k.Input((16, 16, 3))
+    x = k.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = k.layers.GlobalAveragePooling2D()(x)
+    model = k.Model(inputs, k.layers.Dense(2, activation="softmax")(x))
+    for interrupt in (KeyboardInterrupt, Terminated):
+        def interrupted(self: Any, layer: Any, interrupt: type[BaseException] = interrupt) -> bool:
+            raise interrupt()
+
+        monkeypatch.setattr(registry_module.Default8BitQuantizeRegistry, "supports", interrupted)
+        with pytest.raises(interrupt):
+            quantize_flat_model(model)
