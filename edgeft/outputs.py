@@ -217,8 +217,9 @@ def open_output(out: Path, replace: bool, inputs: Sequence[Path] = (), option: s
     completes; when the block raises (an error, Ctrl-C, SIGTERM) it is removed and ``final`` is left
     untouched. With ``resumable``, the sibling has a fixed name (:func:`staging_path`) and is kept after
     an interruption when ``resumable(work)`` says it holds something to resume; ``resume=True`` then
-    continues in it (and keeps it whatever the outcome). Entries of the old folder for which ``carry`` is true are copied into the new one
-    before the swap. A folder this call created is removed again if nothing was written into it.
+    continues in it (and keeps it whatever the outcome). Entries of the old folder for which ``carry``
+    is true are copied into the new one before the swap. A folder this call created is removed again
+    if nothing was written into it.
     """
     final = check_output_location(out, inputs, option)
     created = not final.exists()

@@ -147,7 +147,8 @@ def test_sigterm_in_finetune_exits_143_with_resume_advice(tmp_path: Path) -> Non
     _wait_for_line(proc, "] epoch 1/60")
     code, rest = _interrupt(proc, signal.SIGTERM)
     assert code == 143, rest
-    assert rest[-1] == "error: interrupted; run the same command with --resume to continue from the last completed epoch"
+    assert rest[-1] == ("error: interrupted; run the same command with --resume to continue from the last "
+                        "completed epoch")
     assert (tmp_path / "run" / ".checkpoints" / "state.json").is_file()
     assert not (tmp_path / "run" / LOCK_FILE).exists()
 
