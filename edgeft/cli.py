@@ -327,6 +327,8 @@ def qat(run_dir: Path, as_json: bool, **options: Any) -> None:
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
 @click.option("--threads", type=int, default=1, show_default=True, help="Threads for the parity/latency runs.")
 @click.option("--in-process", is_flag=True, help="Convert in this process instead of one child per conversion.")
+@click.option("--force", is_flag=True,
+              help="Replace an earlier export in --out as a whole (once the new one is complete).")
 @click.option("--json", "as_json", is_flag=True, help="Print export_report.json on stdout.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="EXPORT_DIR to write.")
 def export(run_dir: Path, formats: str, calib_sweep: str | None, in_process: bool, as_json: bool,

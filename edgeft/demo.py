@@ -119,7 +119,9 @@ def _export_stage(run_dir: Path, export_dir: Path) -> dict[str, Any]:
     """TFLite and ONNX, float32 and post-training int8, each checked against Keras."""
     from edgeft.export import ExportConfig, main_export
 
-    config = ExportConfig.from_flags(run_dir, export_dir, formats=["tflite", "onnx"], int8=True)
+    # the demo replaces its own earlier export; a folder holding anything else is still refused
+    config = ExportConfig.from_flags(run_dir, export_dir, formats=["tflite", "onnx"], int8=True,
+                                     force=(export_dir / "export_report.json").is_file())
     parity_failure = None
     try:
         main_export(config)

@@ -16,20 +16,25 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from edgeft.errors import OutputLockedError, OutputWriteError, UsageError
 
 LOCK_FILE = ".edgeft.lock"
 _STAGING_PREFIX = ".edgeft-staging-"
 _RETIRED_PREFIX = ".edgeft-retired-"
+_RESUMABLE_PREFIX = ".edgeft-resumable-"
 
 
 def check_output_location(out: Path | str, inputs: Sequence[Path] = (), option: str = "--out") -> Path:
-    """Refuse an output path that would write somewhere the user did not mean; return it as a Path.
+    """Refuse an output path that would write somewhere the user did not mean, or cannot be written; return it.
+
+    Refused: an empty path, an existing file, a path below a file, a folder (or, for a new folder,
+    the nearest existing parent) without write permission, and a path inside one of ``inputs``.
 
     ``inputs`` are folders the command reads (a data directory, a run directory): writing inside one of
     them would, for a data directory, add a class folder that breaks every later run on that data.
@@ -40,6 +45,14 @@ def check_output_location(out: Path | str, inputs: Sequence[Path] = (), option: 
     if path.exists() and not path.is_dir():
         raise UsageError(f"{option} {path} exists and is not a folder; choose a folder path")
     resolved = path.resolve()
+    ancestor = resolved.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"{option} {path}: {ancestor} is a file, not a folder; choose a folder path")
+    for folder in (resolved, ancestor) if path.exists() else (ancestor,):
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputWriteError(f"no permission to write in {folder} ({option} {path}); choose another folder")
     for folder in inputs:
         source = Path(folder).resolve()
         if resolved == source or source in resolved.parents:
@@ -65,7 +78,11 @@ class OutputLock:
         """Take the lock or raise :class:`OutputLockedError` naming the holder's PID."""
         self.folder.mkdir(parents=True, exist_ok=True)
         for _ in range(20):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            except FileNotFoundError:  # an empty folder removed by its previous holder: make it again
+                self.folder.mkdir(parents=True, exist_ok=True)
+                continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as error:
@@ -126,13 +143,30 @@ class OutputFolder:
         return self.work != self.final
 
 
-def _clean_leftovers(final: Path) -> None:
-    """Remove staging and retired folders of earlier runs that died mid-way (we hold the lock)."""
+def staging_path(final: Path, pid: int | None = None) -> Path:
+    """The hidden sibling a replacement of ``final`` is built in: per process, or (``pid=None``) resumable."""
+    final = Path(final)
+    if pid is None:
+        return final.parent / f"{_RESUMABLE_PREFIX}{final.name}"
+    return final.parent / f"{_STAGING_PREFIX}{pid}-{final.name}"
+
+
+def _clean_leftovers(final: Path, keep_resumable: bool) -> None:
+    """Remove staging and retired folders of earlier runs that died mid-way (we hold the lock).
+
+    Only this folder's own leftovers: the names are matched exactly, never by prefix, so the
+    staging folder of a sibling ``run2`` (maybe in use by another process) is left alone.
+    """
     parent = final.parent
-    for prefix in (_STAGING_PREFIX, _RETIRED_PREFIX):
-        for leftover in parent.glob(f"{prefix}{final.name}*"):
-            if leftover.is_dir() and not leftover.is_symlink():
-                shutil.rmtree(leftover, ignore_errors=True)
+    if not parent.is_dir():
+        return
+    own = re.compile(rf"^(?:{re.escape(_STAGING_PREFIX)}|{re.escape(_RETIRED_PREFIX)})\d+-{re.escape(final.name)}$")
+    resumable = staging_path(final)
+    for entry in parent.iterdir():
+        if entry.is_symlink() or not entry.is_dir():
+            continue
+        if own.match(entry.name) or (entry == resumable and not keep_resumable):
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def swap_in(staging: Path, final: Path) -> None:
@@ -141,7 +175,7 @@ def swap_in(staging: Path, final: Path) -> None:
     Both renames are within one parent folder (one file system), so each is atomic; between them the
     previous content sits complete under a hidden retired name, which the next run cleans up.
     """
-    retired = final.parent / f"{_RETIRED_PREFIX}{final.name}-{os.getpid()}"
+    retired = final.parent / f"{_RETIRED_PREFIX}{os.getpid()}-{final.name}"
     had_previous = final.exists()
     if had_previous:
         os.replace(final, retired)
@@ -155,35 +189,69 @@ def swap_in(staging: Path, final: Path) -> None:
         shutil.rmtree(retired, ignore_errors=True)
 
 
+def has_content(folder: Path) -> bool:
+    """True when ``folder`` holds anything besides an output lock file."""
+    return folder.is_dir() and any(p.name != LOCK_FILE for p in folder.iterdir())
+
+
+def _carry_over(final: Path, staging: Path, carry: Callable[[Path], bool]) -> None:
+    """Copy into ``staging`` the entries of ``final`` a replacement must keep (files the user put there)."""
+    for entry in final.iterdir():
+        target = staging / entry.name
+        if entry.name == LOCK_FILE or os.path.lexists(target) or not carry(entry):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, target, symlinks=True)
+        else:
+            shutil.copy2(entry, target, follow_symlinks=False)
+
+
 @contextlib.contextmanager
-def open_output(out: Path, replace: bool, inputs: Sequence[Path] = (), option: str = "--out") -> Iterator[OutputFolder]:
+def open_output(out: Path, replace: bool, inputs: Sequence[Path] = (), option: str = "--out", *,
+                always_stage: bool = False, resumable: Callable[[Path], bool] | None = None,
+                resume: bool = False, carry: Callable[[Path], bool] | None = None) -> Iterator[OutputFolder]:
     """Check, lock and (with ``replace``) stage an output folder for one command.
 
     Yields an :class:`OutputFolder`; the command writes into ``work``. With ``replace`` and an existing
-    folder, ``work`` is a hidden sibling that replaces ``final`` when the block completes; when the
-    block raises (an error, Ctrl-C, SIGTERM) it is removed and ``final`` is left untouched.
+    folder (or ``always_stage``), ``work`` is a hidden sibling that replaces ``final`` when the block
+    completes; when the block raises (an error, Ctrl-C, SIGTERM) it is removed and ``final`` is left
+    untouched. With ``resumable``, the sibling has a fixed name (:func:`staging_path`) and is kept after
+    an interruption when ``resumable(work)`` says it holds something to resume; ``resume=True`` then
+    continues in it (and keeps it whatever the outcome). Entries of the old folder for which ``carry``
+    is true are copied into the new one before the swap. A folder this call created is removed again
+    if nothing was written into it.
     """
     final = check_output_location(out, inputs, option)
+    created = not final.exists()
     lock = OutputLock(final)
-    existed = final.is_dir() and any(p.name != LOCK_FILE for p in final.iterdir())
     lock.acquire()
     try:
-        _clean_leftovers(final)
-        if not (replace and existed):
+        resumable_staging = staging_path(final)
+        resuming = resume and resumable is not None and resumable(resumable_staging)
+        _clean_leftovers(final, keep_resumable=resuming)
+        if not resuming and not always_stage and not (replace and has_content(final)):
             yield OutputFolder(final=final, work=final)
             return
-        staging = final.parent / f"{_STAGING_PREFIX}{final.name}-{os.getpid()}"
-        staging.mkdir()
+        staging = resumable_staging if resumable is not None else staging_path(final, os.getpid())
+        staging.mkdir(exist_ok=resuming)
         try:
             yield OutputFolder(final=final, work=staging)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+        except BaseException as error:
+            # kept: an interrupted run's checkpoints, and the one being resumed (a refused --resume loses nothing)
+            keep = resumable is not None and resumable(staging) and (resuming or isinstance(error, KeyboardInterrupt))
+            if not keep:
+                shutil.rmtree(staging, ignore_errors=True)
             raise
         # the lock file belongs to the folder being replaced; the new one must not inherit a copy
         (staging / LOCK_FILE).unlink(missing_ok=True)
+        if carry is not None and final.is_dir():
+            _carry_over(final, staging, carry)
         swap_in(staging, final)
     finally:
         lock.release()
+        if created:
+            with contextlib.suppress(OSError):
+                final.rmdir()  # only succeeds when nothing was written
 
 
 _WRITE_ERRNOS = {
@@ -215,3 +283,13 @@ def write_failure(error: BaseException) -> OutputWriteError | None:
                 return OutputWriteError(f"could not write an output file: {reason} ({first_line})")
         current = current.__cause__ or current.__context__
     return None
+
+
+def keep_user_entries(produced: Sequence[str]) -> Callable[[Path], bool]:
+    """A ``carry`` predicate: keep every entry but the ones a command produces (and temporary files)."""
+    names = set(produced) | {LOCK_FILE}
+
+    def keep(entry: Path) -> bool:
+        return entry.name not in names and ".partial" not in entry.name
+
+    return keep

@@ -25,6 +25,7 @@ from edgeft.bench.device_app import APP_NAME, device_app
 from edgeft.bench.recommend import artifact_labels
 from edgeft.bench.results import parse_result
 from edgeft.bench.targets import ResolvedTarget, resolve_targets
+from edgeft.bench.transport import stop_all
 from edgeft.errors import CorruptModelError, DatasetError, ModelFileError, TargetError, UsageError
 from edgeft.progress import log
 
@@ -229,9 +230,8 @@ def main_bench(config: BenchConfig) -> dict[str, Any]:
     """Benchmark every artifact on every target; write BENCH_DIR; return the summary.
 
     Rows measured before a failure are written; any failure then raises :class:`TargetError` (exit 7).
+    ``--out`` is checked and locked before anything is staged or measured.
     """
-    from edgeft.bench.report import build_rows, write_reports
-
     if config.runs is not None and config.duration_s is not None:
         raise UsageError("--runs and --duration are exclusive: give one")
     if config.runs is not None and config.runs < 1:
@@ -242,6 +242,20 @@ def main_bench(config: BenchConfig) -> dict[str, Any]:
         raise UsageError("--warmup must be 0 or more")
     if config.threads is not None and any(t < 1 for t in config.threads):
         raise UsageError("--threads must list positive integers, e.g. 1,2,4")
+    from edgeft import interrupts
+    from edgeft.outputs import has_content, open_output
+
+    out = Path(config.out_dir)
+    earlier = " (the results already there are unchanged)" if has_content(out) else ""
+    interrupts.advise(f"interrupted; nothing was written to {out}{earlier}: run the same command again")
+    with open_output(out, replace=False):
+        return _bench(config)
+
+
+def _bench(config: BenchConfig) -> dict[str, Any]:
+    """Stage, measure on every target and write BENCH_DIR (locked by the caller)."""
+    from edgeft.bench.report import build_rows, write_reports
+
     artifacts = expand_artifacts(config.artifacts)
     targets = resolve_targets(config.targets, config.ssh)
     facts = {artifact: inspect_model(artifact, read_sidecar(artifact)) for artifact in artifacts}
@@ -259,13 +273,21 @@ def main_bench(config: BenchConfig) -> dict[str, Any]:
             except TargetError as error:
                 return target.name, None, error.message
 
-        with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, len(targets)))
+        try:
             for name, document, error in pool.map(one, targets):
                 if document is not None:
                     results[name] = document
                 if error is not None:
                     errors[name] = error
                     log(f"bench: {error}")
+        except KeyboardInterrupt:
+            # the targets run in worker threads, which Ctrl-C does not reach: end their device processes so
+            # that each worker removes its remote directory and returns
+            stop_all()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     rows, warnings = build_rows(targets, artifacts, results, errors)

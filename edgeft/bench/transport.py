@@ -88,6 +88,19 @@ def _read_capped(stream: Any, sink: bytearray, cap: int, keep_tail: bool, on_ove
                 return
 
 
+_LIVE: set[subprocess.Popen[bytes]] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def stop_all() -> None:
+    """Kill every device process this process is waiting for (Ctrl-C while targets run in worker threads)."""
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+    for proc in live:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def _run_process(cmd: list[str], timeout_s: float, stdin_data: bytes | None, keep_stdin_open: bool,
                  describe: str) -> tuple[int, bytes, bytes]:
     """Run ``cmd`` keeping its stdin open (its end tells the runner we are gone); kill it on timeout or Ctrl-C.
@@ -96,6 +109,8 @@ def _run_process(cmd: list[str], timeout_s: float, stdin_data: bytes | None, kee
     """
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
+    with _LIVE_LOCK:
+        _LIVE.add(proc)
     out = bytearray()
     err = bytearray()
     overflow = threading.Event()
@@ -132,6 +147,8 @@ def _run_process(cmd: list[str], timeout_s: float, stdin_data: bytes | None, kee
             pass
         for reader in readers:
             reader.join(timeout=5)
+        with _LIVE_LOCK:
+            _LIVE.discard(proc)
     if overflow.is_set():
         raise TargetError(f"{describe}: the device sent more than {MAX_OUTPUT_BYTES >> 20} MiB of output; "
                           "stopped reading it")

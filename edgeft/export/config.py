@@ -55,6 +55,7 @@ class ExportConfig:
     threads: int = 1
     latency_runs: int = 30
     isolate: bool = True  # one conversion per child process
+    force: bool = False  # replace an earlier export in out_dir as a whole
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "formats", tuple(getattr(f, "value", f) for f in self.formats))

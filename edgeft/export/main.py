@@ -19,7 +19,7 @@ from edgeft.export.config import ExportConfig
 from edgeft.export.spec import ArtifactSpec, Precision, Source
 from edgeft.export.formats import EXPORTERS, ConversionJob, get_exporter, plan_artifacts
 from edgeft.export.metadata import base_metadata
-from edgeft.export.report import SCHEMA, write_report
+from edgeft.export.report import REPORT_JSON, SCHEMA, write_report
 from edgeft.export.validate import Reference, Validation, validate_artifact
 from edgeft.fileio import write_json_atomic
 from edgeft.progress import log
@@ -55,27 +55,52 @@ def main_export(config: ExportConfig) -> dict[str, Any]:
     :class:`ModelFileError`, and :class:`OutputMatchError` (after writing the report) when an
     artifact loses more accuracy than ``--max-drop`` allows.
     """
+    from edgeft import interrupts
+    from edgeft.outputs import open_output
+
     started = time.monotonic()
-    export = open_export(config)
-    specs, skipped = plan(export)
-    staged = stage(export, specs)
-    records = [export_artifact(export, spec, staged) for spec in specs]
-    add_size_ratios(records)
-    sweep = calibration_sweep(export, staged)
-    report = build_report(export, staged, records, skipped, sweep, started)
-    json_path, _ = write_report(export.out, report)
-    shutil.rmtree(export.work, ignore_errors=True)
+    out = Path(config.out_dir)
+    if out.resolve() == Path(config.run_dir).resolve():
+        raise RunDirError(f"--out {out} is the run directory itself; choose a separate export directory")
+    interrupts.advise(f"interrupted; nothing was written to {out}"
+                      + (" (the export already there is unchanged)" if config.force else "")
+                      + ": run the same command again")
+    with open_output(out, replace=config.force, always_stage=True) as folder:
+        check_export_folder(out, config.force)
+        export = open_export(config, folder.work)
+        specs, skipped = plan(export)
+        staged = stage(export, specs)
+        records = [export_artifact(export, spec, staged) for spec in specs]
+        add_size_ratios(records)
+        sweep = calibration_sweep(export, staged)
+        report = build_report(export, staged, records, skipped, sweep, started)
+        write_report(export.out, report)
+        shutil.rmtree(export.work, ignore_errors=True)
+    json_path = out / REPORT_JSON
     log(f"export report: {json_path}")
     fail_on_accuracy_drop(records, json_path)
     return report
 
 
-def open_export(config: ExportConfig) -> Export:
-    """Open the run directory and make the export and work directories."""
+def check_export_folder(out: Path, force: bool) -> None:
+    """An export folder holds exactly one export: refuse foreign content, and an earlier export without --force."""
+    from edgeft.outputs import has_content
+
+    if (out / REPORT_JSON).is_file():
+        if not force:
+            raise RunDirError(f"{out} already holds an export; pass --force to replace it as a whole, "
+                              "or choose another --out")
+    elif has_content(out):
+        raise RunDirError(f"--out {out} is not empty and is not an edgeft export (no {REPORT_JSON}); "
+                          "choose a new or empty folder")
+
+
+def open_export(config: ExportConfig, work_dir: Path | None = None) -> Export:
+    """Open the run directory and make the export's folder (``work_dir``: where it is staged) and ``.work/``."""
     run = RunDir.open(config.run_dir)
-    out = Path(config.out_dir)
-    if out.resolve() == run.path.resolve():
-        raise RunDirError(f"--out {out} is the run directory itself; choose a separate export directory")
+    out = Path(config.out_dir) if work_dir is None else Path(work_dir)
+    if Path(config.out_dir).resolve() == run.path.resolve():
+        raise RunDirError(f"--out {config.out_dir} is the run directory itself; choose a separate export directory")
     out.mkdir(parents=True, exist_ok=True)
     work = out / ".work"
     work.mkdir(exist_ok=True)
@@ -88,7 +113,8 @@ def plan(export: Export) -> tuple[list[ArtifactSpec], list[dict[str, str]]]:
     specs, skipped = plan_artifacts(export.config, manifest.kind)
     for skip in skipped:
         log(f"skipping {skip['format']} {skip['precision']}: {skip['reason']}")
-    log(f"export: {export.run.path} ({manifest.kind} {manifest.backbone} {manifest.image_size} px) -> {export.out}: "
+    log(f"export: {export.run.path} ({manifest.kind} {manifest.backbone} {manifest.image_size} px) -> "
+        f"{export.config.out_dir}: "
         + ", ".join(s.filename for s in specs))
     return specs, skipped
 

@@ -175,17 +175,48 @@ class QATData:
 
 
 def main_qat(config: QATConfig) -> dict[str, Any]:
-    """Fine-tune the float run in ``config.run_dir`` with QAT and write ``config.out_dir``; return a summary."""
-    from edgeft.run.rundir import ModelFormat, write_run_dir
+    """Fine-tune the float run in ``config.run_dir`` with QAT and write ``config.out_dir``; return a summary.
+
+    ``--out`` is checked and locked before anything is decoded or trained; the QAT run is built in a
+    hidden folder beside it and swapped in only once complete, so a failure or an interruption leaves
+    nothing half-written (and, with ``--force``, the QAT run already there as it was).
+    """
+    from edgeft import interrupts
+    from edgeft.outputs import keep_user_entries, open_output
+    from edgeft.run.rundir import CHECKPOINT_DIR, RUN_ARTIFACTS
 
     started = time.monotonic()
+    interrupts.advise(f"interrupted; nothing was written to {config.out_dir}: run the same command again")
     run = _open_float_run(config)
+    with open_output(config.out_dir, replace=config.force, always_stage=True,
+                     carry=keep_user_entries((*RUN_ARTIFACTS, CHECKPOINT_DIR))) as folder:
+        _check_out_folder(config)
+        summary = _qat_run(config, run, folder.work, started)
+    log(f"done: QAT run -> {config.out_dir}")
+    return summary
+
+
+def _qat_advice(config: QATConfig, state: str) -> str:
+    """What to do after Ctrl-C or SIGTERM while qat is in ``state`` (qat keeps no checkpoints: no --resume)."""
+    kept = " (the QAT run already there is unchanged)" if config.force else ""
+    return (f"interrupted {state}; nothing was written to {config.out_dir}{kept}; qat has no --resume: "
+            "run the same command again")
+
+
+def _qat_run(config: QATConfig, run: RunDir, work: Path, started: float) -> dict[str, Any]:
+    """Load, annotate, fine-tune and write the QAT run into ``work``; return the summary."""
+    from edgeft import interrupts
+    from edgeft.run.rundir import ModelFormat, write_run_dir
+
+    interrupts.advise(_qat_advice(config, "while loading the float run"))
     _seed(config.seed)
     model = run.load_keras_model()
     data = _load_data(run)
     float_accuracy = _accuracy(model, data.x_val, data.y_val, config.batch_size)
     log(f"qat: float model val accuracy {float_accuracy:.4f}; annotating {len(model.layers)} layers")
+    interrupts.advise(_qat_advice(config, "while annotating the model for QAT"))
     qat_model = _prepare_qat_model(model, config, data)
+    interrupts.advise(_qat_advice(config, "during QAT fine-tuning"))
     before = _accuracy(qat_model, data.x_val, data.y_val, config.batch_size)
     log(f"qat: fake-quantized model before fine-tuning: val accuracy {before:.4f}; {config.epochs} epoch(s) "
         f"at learning rate {config.learning_rate}")
@@ -194,9 +225,9 @@ def main_qat(config: QATConfig) -> dict[str, Any]:
     metrics.update(float_val_accuracy=float_accuracy, val_accuracy_before_qat_training=before,
                    wall_s=round(time.monotonic() - started, 2))
     log(f"qat: val accuracy {metrics['val_accuracy']:.4f} (float {float_accuracy:.4f})")
-    write_run_dir(config.out_dir, qat_model, _qat_manifest(run, config, model), metrics, history,
+    interrupts.advise(_qat_advice(config, "while writing the QAT run"))
+    write_run_dir(work, qat_model, _qat_manifest(run, config, model), metrics, history,
                   model_format=ModelFormat.HDF5)
-    log(f"done: QAT run -> {config.out_dir}")
     return {"run_dir": str(config.out_dir), "parent_run": str(run.path), "backbone": run.manifest.backbone,
             "image_size": run.manifest.image_size, "epochs": config.epochs, "learning_rate": config.learning_rate,
             "float_val_accuracy": float_accuracy, "val_accuracy": metrics["val_accuracy"],
@@ -204,18 +235,31 @@ def main_qat(config: QATConfig) -> dict[str, Any]:
 
 
 def _open_float_run(config: QATConfig) -> RunDir:
-    """The float run to start from, refusing a QAT run, --out on itself and an unforced overwrite."""
-    from edgeft.run.rundir import MANIFEST_FILE, RunDir
+    """The float run to start from, refusing a QAT run and --out on itself."""
+    from edgeft.outputs import check_output_location
+    from edgeft.run.rundir import RunDir
 
+    check_output_location(config.out_dir)
     run = RunDir.open(config.run_dir)
     if run.manifest.kind == "qat":
         raise UsageError(f"{run.path} is already a QAT run; pass the float run it came from ({run.manifest.parent_run})")
     out = Path(config.out_dir)
     if out.resolve() == run.path.resolve():
         raise RunDirError(f"--out {out} is the float run itself; choose a new directory for the QAT run")
-    if (out / MANIFEST_FILE).is_file() and not config.force:
-        raise RunDirError(f"{out} already holds a complete run; pass --force to overwrite it")
     return run
+
+
+def _check_out_folder(config: QATConfig) -> None:
+    """Refuse an unforced overwrite of a complete run, and a non-empty folder that holds no run (under the lock)."""
+    from edgeft.outputs import has_content
+    from edgeft.run.rundir import MANIFEST_FILE
+
+    out = Path(config.out_dir)
+    if (out / MANIFEST_FILE).is_file():
+        if not config.force:
+            raise RunDirError(f"{out} already holds a complete run; pass --force to overwrite it")
+    elif has_content(out):
+        raise RunDirError(f"--out {out} is not empty and holds no edgeft run; choose a new or empty folder")
 
 
 def _seed(seed: int) -> None:

@@ -7,6 +7,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from edgeft.backbones import BackboneSpec, get_backbone
 from edgeft.backbones.weights import ResolvedWeights, resolve_weights
 from edgeft.data import DatasetIndex, LoadedSplit, load_dataset
 from edgeft.errors import AccuracyTargetError, DatasetError, RunDirError
+from edgeft.outputs import OutputFolder
 from edgeft.preprocessing import Preprocessing
 from edgeft.progress import log
 from edgeft.run.rundir import CHECKPOINT_DIR, MANIFEST_FILE, RUN_ARTIFACTS, RunManifest, write_run_dir
@@ -24,15 +26,22 @@ from edgeft.training.model import build_classifier, count_blocks, recalibrate_ba
 from edgeft.training.phases import Phase, plan_phases
 from edgeft.training.pipeline import class_weights, image_dataset
 
-def prepare_run_dir(config: FinetuneConfig) -> CheckpointStore:
-    """Refuse to clobber a complete run, require --resume/--force for an unfinished one (nothing is written yet)."""
+def prepare_run_dir(config: FinetuneConfig, folder: OutputFolder | None = None) -> CheckpointStore:
+    """Refuse to clobber a complete run, require --resume/--force for an unfinished one (nothing is written yet).
+
+    ``folder`` is where this run writes (:func:`edgeft.outputs.open_output`): a staged folder beside
+    ``--out`` is either a fresh ``--force`` replacement or an interrupted one that ``--resume`` continues.
+    """
     out = config.out_dir
-    store = CheckpointStore(out)
-    complete = (out / MANIFEST_FILE).is_file()
+    work = folder.work if folder is not None else out
+    store = CheckpointStore(work)
     if out.exists() and not out.is_dir():
         raise RunDirError(f"--out {out} exists and is not a directory")
-    if config.force:
-        pass  # the old run is cleared by clear_for_new_run, only once the data and weights have loaded
+    complete = (out / MANIFEST_FILE).is_file()
+    if work != out:
+        pass  # the run in --out stays as it is until the new one is complete and swapped in
+    elif config.force:
+        pass
     elif complete:
         raise RunDirError(f"{out} already holds a complete run; pass --force to overwrite it or choose another --out")
     elif config.resume and not store.exists():
@@ -42,14 +51,29 @@ def prepare_run_dir(config: FinetuneConfig) -> CheckpointStore:
     return store
 
 
-def clear_for_new_run(config: FinetuneConfig) -> None:
-    """Create the run directory; with ``--force``, remove the previous run's files first."""
-    out = config.out_dir
-    if config.force:
-        for name in RUN_ARTIFACTS:
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+def clear_for_new_run(config: FinetuneConfig, work: Path | None = None) -> None:
+    """Create the folder the run writes in (``--out``, or the staged replacement beside it)."""
+    (work if work is not None else config.out_dir).mkdir(parents=True, exist_ok=True)
+
+
+def _holds_checkpoint(work: Path) -> bool:
+    """True when ``work`` holds an epoch checkpoint that ``--resume`` can continue from."""
+    return CheckpointStore(work).exists()
+
+
+def _interrupt_advice(config: FinetuneConfig, folder: OutputFolder, training: bool) -> str:
+    """What to do after Ctrl-C or SIGTERM at this point of the run."""
+    if not folder.staged:
+        if training:
+            return "interrupted; run the same command with --resume to continue from the last completed epoch"
+        return "interrupted before training started; nothing to resume: run the same command again"
+    kept = f"interrupted; the run already in {config.out_dir} is unchanged"
+    if not training:
+        return f"{kept}; nothing to resume: run the same command again"
+    if config.resume:
+        return f"{kept}; run the same command again to continue the new run from its last completed epoch"
+    return (f"{kept}; to continue the new run from its last completed epoch, run the same command with --resume "
+            f"in place of --force (its checkpoints are in {folder.work}), or again with --force to start over")
 
 
 def _fingerprint(config: FinetuneConfig, content_hash: str) -> dict[str, Any]:
@@ -279,35 +303,70 @@ def collapse_warning(train_accuracy: float | None, val_accuracy: float, num_clas
 
 
 def main_finetune(config: FinetuneConfig) -> dict[str, Any]:
-    """Train, evaluate and write a complete run directory; return the summary."""
-    wall_start = time.monotonic()
-    from edgeft import interrupts
-    from edgeft.outputs import check_output_location
+    """Train, evaluate and write a complete run directory; return the summary.
 
+    ``--out`` is locked for the whole run. With ``--force`` over an existing run, the new run is built
+    in a hidden folder beside it and swapped in only once complete: a failed or interrupted run leaves
+    the old one as it was (an interrupted one keeps its checkpoints for ``--resume``).
+    """
+    from edgeft import interrupts
+    from edgeft.outputs import keep_user_entries, open_output
+
+    wall_start = time.monotonic()
     interrupts.advise("interrupted before training started; nothing to resume: run the same command again")
-    check_output_location(config.out_dir, inputs=[config.data_dir])
-    store = prepare_run_dir(config)
+    try:
+        with open_output(config.out_dir, replace=config.force, inputs=[config.data_dir],
+                         resumable=_holds_checkpoint, resume=config.resume,
+                         carry=keep_user_entries((*RUN_ARTIFACTS, CHECKPOINT_DIR))) as folder:
+            summary = _train_run(config, folder, wall_start)
+    except Exception as error:
+        _raise_write_failure(config, error)
+        raise
+    _check_accuracy_target(config, summary["val_accuracy"])
+    return summary
+
+
+def _raise_write_failure(config: FinetuneConfig, error: BaseException) -> None:
+    """A failed write (full disk, read-only, no permission) as one line that says what was kept."""
+    from edgeft.outputs import staging_path, write_failure
+
+    failure = write_failure(error)
+    if failure is None:
+        return
+    kept = ""
+    if any(_holds_checkpoint(folder) for folder in (config.out_dir, staging_path(config.out_dir))):
+        kept = ("; the last completed epoch is kept: once there is room, run the same command with --resume"
+                + (" in place of --force" if config.force else "") + " to continue")
+    elif (config.out_dir / MANIFEST_FILE).is_file():
+        kept = f"; the run already in {config.out_dir} is unchanged"
+    raise type(failure)(failure.message + kept) from None
+
+
+def _train_run(config: FinetuneConfig, folder: OutputFolder, wall_start: float) -> dict[str, Any]:
+    """The run itself, written into ``folder.work``; return the summary."""
+    from edgeft import interrupts
+
+    interrupts.advise(_interrupt_advice(config, folder, training=False))
+    store = prepare_run_dir(config, folder)
     spec = get_backbone(config.backbone)
     resolved = resolve_weights(spec, config.weights, config.alpha, config.image_size)
     index, splits = load_dataset(config.data_dir, config.image_size, config.val_split, config.seed)
     _check_validation_classes(config, index.class_names, splits)
-    clear_for_new_run(config)
+    clear_for_new_run(config, folder.work)
     _log_inputs(config, resolved, index, splits)
     strategy = _setup_tensorflow(config)
     phases = plan_phases(config)
     state = _training_state(config, store, phases, index.content_hash)
-    interrupts.advise("interrupted; run the same command with --resume to continue from the last completed epoch")
+    interrupts.advise(_interrupt_advice(config, folder, training=True))
     context = TrainingContext(config, spec, splits, store, state, strategy)
     model = _build_model(context, resolved, len(index.class_names))
     _train(context, phases, model)
     metrics = _evaluate(context, phases, model, index.class_names)
     metrics["wall_s"] = round(time.monotonic() - wall_start, 2)
-    write_run_dir(config.out_dir, model, _manifest(context, resolved, index), metrics, state.history)
-    shutil.rmtree(config.out_dir / CHECKPOINT_DIR, ignore_errors=True)
+    write_run_dir(folder.work, model, _manifest(context, resolved, index), metrics, state.history)
+    shutil.rmtree(folder.work / CHECKPOINT_DIR, ignore_errors=True)
     metrics["wall_s"] = round(time.monotonic() - wall_start, 2)  # "done in": writing the run included
-    summary = _summary(context, resolved, metrics, len(index.skipped))
-    _check_accuracy_target(config, metrics["val_accuracy"])
-    return summary
+    return _summary(context, resolved, metrics, len(index.skipped))
 
 
 def _check_validation_classes(config: FinetuneConfig, class_names: tuple[str, ...],
