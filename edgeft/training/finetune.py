@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -18,11 +18,19 @@ from edgeft.errors import AccuracyTargetError, DatasetError, RunDirError
 from edgeft.preprocessing import Preprocessing
 from edgeft.progress import log
 from edgeft.run.rundir import CHECKPOINT_DIR, MANIFEST_FILE, RUN_ARTIFACTS, RunManifest, write_run_dir
+from edgeft.run.timings import StepTimer
+from edgeft.training.activations import (SUPPORTED_AUGMENTATION, FrozenSplit, activation_dataset, cache_bytes,
+                                         compute_activations, default_budget_mb, split_frozen_prefix)
 from edgeft.training.checkpoints import CheckpointStore, PhaseState, TrainingState, make_epoch_callback
-from edgeft.training.config import Distribution, FinetuneConfig
+from edgeft.training.config import Augmentation, Distribution, FinetuneConfig
 from edgeft.training.model import build_classifier, count_blocks, recalibrate_batchnorm, set_trainable
-from edgeft.training.phases import Phase, plan_phases
-from edgeft.training.pipeline import class_weights, image_dataset
+from edgeft.training.phases import Phase, Trainable, plan_phases
+from edgeft.training.pipeline import class_weights, image_dataset, preprocess_batch
+
+# Cached evaluation is trusted when the model, run on these validation images, gives the same
+# probabilities (float32 round-off between graph and eager kernels is ~1e-6).
+CHECK_SAMPLE = 8
+CHECK_TOLERANCE = 1e-4
 
 def prepare_run_dir(config: FinetuneConfig) -> CheckpointStore:
     """Refuse to clobber a complete run, require --resume/--force for an unfinished one (nothing is written yet)."""
@@ -75,6 +83,7 @@ def _setup_tensorflow(config: FinetuneConfig) -> Any:
     if not gpus:
         t.config.experimental.enable_op_determinism()
     k.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
+    _announce_devices(t, len(gpus))
     if config.mixed_precision and not gpus:
         log("warning: --mixed-precision on a CPU-only host is slow; it pays off on GPUs with tensor cores")
     if config.distribute is Distribution.MIRRORED:
@@ -82,6 +91,16 @@ def _setup_tensorflow(config: FinetuneConfig) -> Any:
         log(f"distribute: MirroredStrategy over {strategy.num_replicas_in_sync} replica(s)")
         return strategy
     return t.distribute.get_strategy()
+
+
+def _announce_devices(t: Any, tensorflow_gpus: int) -> None:
+    """Say which devices training runs on; warn once when a GPU is present that TensorFlow does not use."""
+    from edgeft.training.devices import describe_devices, gpu_warning, host_gpus
+
+    log(describe_devices(t))
+    warning = gpu_warning(host_gpus(), tensorflow_gpus, bool(t.test.is_built_with_cuda()))
+    if warning:
+        log(warning)
 
 
 def _epoch_logger(phase: Phase) -> Any:
@@ -107,8 +126,17 @@ def _compile(model: Any, learning_rate: float) -> None:
 
 
 @dataclass(frozen=True)
+class CachedEvaluation:
+    """A model that gives the classifier's validation probabilities from cached inputs (features, activations)."""
+
+    model: Any  # the head on pooled features, or the trainable top on frozen activations
+    inputs: Any  # its validation inputs, in the validation split's order
+    source: str  # what the inputs are, for metrics.json
+
+
+@dataclass(frozen=True)
 class TrainingContext:
-    """What every step of one run shares: options, backbone, data, checkpoints, distribution strategy."""
+    """What every step of one run shares: options, backbone, data, checkpoints, distribution strategy, clock."""
 
     config: FinetuneConfig
     spec: BackboneSpec
@@ -116,6 +144,9 @@ class TrainingContext:
     store: CheckpointStore
     state: TrainingState
     strategy: Any  # tf.distribute.Strategy
+    timer: StepTimer = field(default_factory=StepTimer)
+    # per phase index, filled by the phase that trained in this process
+    cached_evaluations: dict[int, CachedEvaluation] = field(default_factory=dict)
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -138,8 +169,8 @@ def _features(context: TrainingContext, model: Any) -> tuple[np.ndarray, np.ndar
         if cached[0].shape[0] == len(train.labels) and cached[1].shape[0] == len(val.labels):
             return cached[0], cached[1]
     extractor = keras().Model(model.input, model.get_layer("pool").output)
-    images = np.concatenate([train.images, val.images])
-    dataset = image_dataset(images, None, context.preprocessing, context.config.batch_size)
+    both = _Concatenated(train.images, val.images)
+    dataset = image_dataset(both, None, context.preprocessing, context.config.batch_size)
     features = extractor.predict(dataset, verbose=0).astype(np.float32)
     parts = features[: len(train.labels)], features[len(train.labels):]
     for path, part in zip(paths, parts):
@@ -149,15 +180,47 @@ def _features(context: TrainingContext, model: Any) -> tuple[np.ndarray, np.ndar
     return parts
 
 
+class _Concatenated:
+    """Two uint8 image arrays indexed as one, without copying them into one."""
+
+    def __init__(self, first: np.ndarray, second: np.ndarray) -> None:
+        self.first, self.second = first, second
+        self.shape = (len(first) + len(second), *first.shape[1:])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, indices: np.ndarray) -> np.ndarray:
+        count = len(self.first)
+        rows = np.empty((len(indices), *self.shape[1:]), dtype=self.first.dtype)
+        for slot, index in enumerate(indices):
+            rows[slot] = self.first[index] if index < count else self.second[index - count]
+        return rows
+
+
+PHASE_STEPS = {"head": "head_training", "fine_tune": "fine_tuning", "scratch": "training"}
+
+
 def _run_phase(context: TrainingContext, index: int, phase: Phase, model: Any) -> None:
     """Train one phase (or finish an interrupted one) and store its final weights."""
+    with context.timer.step(PHASE_STEPS.get(phase.name, phase.name)):
+        _run_phase_timed(context, index, phase, model)
+
+
+def _run_phase_timed(context: TrainingContext, index: int, phase: Phase, model: Any) -> None:
     phase_state = context.state.phases[index]
     started = time.monotonic()
     _log_phase_start(context, phase, model)
     done = phase_state.epochs_done >= phase.epochs or (
         context.config.patience > 0 and phase_state.wait >= context.config.patience)
-    fit = _fit_head_on_features if phase.feature_cache else _fit_model
-    trained = fit(context, index, phase, model, done)
+    if phase.feature_cache:
+        trained = _fit_head_on_features(context, index, phase, model, done)
+    else:
+        split = _activation_split(context, phase, model, done)
+        if split is not None:
+            trained = _fit_top_on_activations(context, index, phase, model, done, split)
+        else:
+            trained = _fit_model(context, index, phase, model, done)
     _restore_best(context, index, phase, trained)
     if trained is not model:
         model.get_layer("predictions").set_weights(trained.get_layer("predictions").get_weights())
@@ -192,7 +255,8 @@ def _fit_head_on_features(context: TrainingContext, index: int, phase: Phase, mo
     config, store = context.config, context.store
     weights = _class_weights(context, model)
     train, val = context.splits["train"], context.splits["val"]
-    train_features, val_features = _features(context, model)
+    with context.timer.step("backbone_pass"):
+        train_features, val_features = _features(context, model)
     with context.strategy.scope():
         head = k.Sequential(
             [
@@ -209,7 +273,59 @@ def _fit_head_on_features(context: TrainingContext, index: int, phase: Phase, mo
         head.fit(train_features, train.labels, batch_size=config.batch_size, epochs=phase.epochs,
                  initial_epoch=epochs_done, validation_data=(val_features, val.labels),
                  shuffle=True, class_weight=weights, callbacks=[callback], verbose=0)
+    context.cached_evaluations[index] = CachedEvaluation(head, val_features, "cached backbone features")
     return head
+
+
+def _activation_split(context: TrainingContext, phase: Phase, model: Any, done: bool) -> FrozenSplit | None:
+    """The frozen/trainable cut when ``phase`` can train on cached activations, else None (saying why)."""
+    config = context.config
+    if phase.trainable is not Trainable.TOP_BLOCKS or phase.batchnorm_trains or done:
+        return None
+    if config.augment and config.augmentation is Augmentation.FULL:
+        log("fine-tuning on images (full pipeline): --augmentation full (rotation, zoom, contrast) needs them; "
+            f"the activation cache supports {SUPPORTED_AUGMENTATION} only")
+        return None
+    split = split_frozen_prefix(model)
+    if split is None:
+        log("fine-tuning on images (full pipeline): no frozen layer below the unfrozen blocks")
+        return None
+    train, val = context.splits["train"], context.splits["val"]
+    needed_mb = cache_bytes(split, len(train.labels), len(val.labels), config.augment) / 2**20
+    budget_mb = default_budget_mb() if config.activation_cache_mb is None else config.activation_cache_mb
+    if needed_mb > budget_mb:
+        log(f"fine-tuning on images (full pipeline): the activation cache would take {needed_mb:.0f} MB, over "
+            f"--activation-cache-mb {budget_mb}")
+        return None
+    views = f"{len(train.labels)} training images" + (" and their flips" if config.augment else "")
+    log(f"fine-tuning on cached activations below {split.first_trainable}: {needed_mb:.1f} MB in memory ({views}, "
+        f"{len(val.labels)} validation); augmentation: {SUPPORTED_AUGMENTATION if config.augment else 'none'}")
+    return split
+
+
+def _fit_top_on_activations(context: TrainingContext, index: int, phase: Phase, model: Any, done: bool,
+                            split: FrozenSplit) -> Any:
+    """Train the unfrozen top on cached activations of the frozen part; return the full model.
+
+    The top shares its layers with ``model``: checkpoints, best-epoch restore and the saved model
+    all see the weights it trains.
+    """
+    config, store = context.config, context.store
+    weights = _class_weights(context, model)
+    train, val = context.splits["train"], context.splits["val"]
+    with context.timer.step("activation_pass"):
+        cache = compute_activations(split, train.images, val.images, context.preprocessing, config.batch_size,
+                                    flip=config.augment)
+    with context.strategy.scope():
+        _compile(split.top, phase.learning_rate)
+    epochs_done = _resume_weights(context, index, model)
+    callback = make_epoch_callback(store, context.state, index, model, config.patience, _epoch_logger(phase))
+    split.top.fit(activation_dataset(cache, train.labels, config.batch_size, config.seed),
+                  validation_data=(cache.validation(), val.labels), validation_batch_size=config.batch_size,
+                  epochs=phase.epochs, initial_epoch=epochs_done, class_weight=weights, callbacks=[callback],
+                  verbose=0)
+    context.cached_evaluations[index] = CachedEvaluation(split.top, cache.validation(), "cached activations")
+    return model
 
 
 def _fit_model(context: TrainingContext, index: int, phase: Phase, model: Any, done: bool) -> Any:
@@ -254,6 +370,28 @@ def _predict(model: Any, split: LoadedSplit, preprocessing: Any, batch_size: int
     return np.asarray(model.predict(dataset, verbose=0), dtype=np.float32)
 
 
+def _cached_probabilities(context: TrainingContext, model: Any, cached: CachedEvaluation) -> np.ndarray | None:
+    """Validation probabilities from cached inputs, once the full model agrees with them on a sample; else None.
+
+    A mismatch (e.g. a layer the cache does not reproduce) says so and leaves the evaluation to
+    the full model on the images.
+    """
+    val = context.splits["val"]
+    if not len(val.labels):
+        return None
+    probabilities = np.asarray(cached.model.predict(cached.inputs, batch_size=context.config.batch_size, verbose=0),
+                               dtype=np.float32)
+    sample = np.unique(np.linspace(0, len(val.labels) - 1, min(CHECK_SAMPLE, len(val.labels))).astype(int))
+    reference = np.asarray(model(preprocess_batch(val.images[sample], context.preprocessing), training=False),
+                           dtype=np.float32)
+    difference = float(np.max(np.abs(reference - probabilities[sample])))
+    if not difference <= CHECK_TOLERANCE:
+        log(f"warning: evaluation on {cached.source} differs from the model by {difference:.2g} on "
+            f"{len(sample)} validation images; evaluating the model on the images instead")
+        return None
+    return probabilities
+
+
 def collapse_warning(train_accuracy: float | None, val_accuracy: float, num_classes: int) -> str | None:
     """A message when validation sits near chance while training accuracy is high (broken BN statistics)."""
     chance = 1.0 / num_classes
@@ -270,24 +408,32 @@ def main_finetune(config: FinetuneConfig) -> dict[str, Any]:
     from edgeft.outputs import check_output_location
 
     interrupts.advise("interrupted before training started; nothing to resume: run the same command again")
-    check_output_location(config.out_dir, inputs=[config.data_dir])
-    store = prepare_run_dir(config)
-    spec = get_backbone(config.backbone)
-    resolved = resolve_weights(spec, config.weights, config.alpha, config.image_size)
-    index, splits = load_dataset(config.data_dir, config.image_size, config.val_split, config.seed)
+    timer = StepTimer(wall_start)
+    with timer.step("setup"):
+        check_output_location(config.out_dir, inputs=[config.data_dir])
+        store = prepare_run_dir(config)
+        spec = get_backbone(config.backbone)
+        resolved = resolve_weights(spec, config.weights, config.alpha, config.image_size)
+    with timer.step("decode"):
+        index, splits = load_dataset(config.data_dir, config.image_size, config.val_split, config.seed)
     _check_validation_classes(config, index.class_names, splits)
     clear_for_new_run(config)
     _log_inputs(config, resolved, index, splits)
-    strategy = _setup_tensorflow(config)
+    with timer.step("tensorflow_setup"):
+        strategy = _setup_tensorflow(config)
     phases = plan_phases(config)
     state = _training_state(config, store, phases, index.content_hash)
     interrupts.advise("interrupted; run the same command with --resume to continue from the last completed epoch")
-    context = TrainingContext(config, spec, splits, store, state, strategy)
-    model = _build_model(context, resolved, len(index.class_names))
+    context = TrainingContext(config, spec, splits, store, state, strategy, timer)
+    with timer.step("model_build"):
+        model = _build_model(context, resolved, len(index.class_names))
     _train(context, phases, model)
-    metrics = _evaluate(context, phases, model, index.class_names)
-    metrics["wall_s"] = round(time.monotonic() - wall_start, 2)
-    write_run_dir(config.out_dir, model, _manifest(context, resolved, index), metrics, state.history)
+    with timer.step("final_evaluation"):
+        metrics = _evaluate(context, phases, model, index.class_names)
+    write_run_dir(config.out_dir, model, _manifest(context, resolved, index), metrics, state.history, timer=timer)
+    metrics["timings"] = timer.last_report
+    metrics["wall_s"] = timer.last_report["total"]
+    log(timer.line())
     shutil.rmtree(config.out_dir / CHECKPOINT_DIR, ignore_errors=True)
     summary = _summary(context, resolved, metrics, len(index.skipped))
     _check_accuracy_target(config, metrics["val_accuracy"])
@@ -358,6 +504,7 @@ def _build_model(context: TrainingContext, resolved: ResolvedWeights, num_classe
 def _train(context: TrainingContext, phases: list[Phase], model: Any) -> None:
     """Run the phases not finished yet, leave the last phase's final weights in ``model``."""
     store, state = context.store, context.state
+    context.cached_evaluations.clear()
     loaded_final = -1
     for number, phase in enumerate(phases):
         if state.phases[number].finished:
@@ -369,9 +516,11 @@ def _train(context: TrainingContext, phases: list[Phase], model: Any) -> None:
     if loaded_final != len(phases) - 1:
         model.load_weights(str(store.weights_path(len(phases) - 1, "final")))
     if any(p.batchnorm_trains for p in phases):
-        batches = image_dataset(context.splits["train"].images, None, context.preprocessing,
-                                context.config.batch_size, shuffle=True, seed=context.config.seed)
-        used = recalibrate_batchnorm(model, batches)
+        context.cached_evaluations.clear()
+        with context.timer.step("batchnorm_recalibration"):
+            batches = image_dataset(context.splits["train"].images, None, context.preprocessing,
+                                    context.config.batch_size, shuffle=True, seed=context.config.seed)
+            used = recalibrate_batchnorm(model, batches)
         log(f"BatchNorm statistics re-estimated on {used} training batches")
 
 
@@ -380,12 +529,18 @@ def _evaluate(context: TrainingContext, phases: list[Phase], model: Any,
     """``metrics.json``'s content (but ``wall_s``): the val and test reports, phases, collapse warning."""
     from edgeft.run.metrics import classification_report
 
-    log("evaluating on the validation split")
     splits, state = context.splits, context.state
+    cached = context.cached_evaluations.get(len(phases) - 1)
+    evaluated_on = _cached_probabilities(context, model, cached) if cached is not None else None
+    log("evaluating on the validation split" + (f" ({cached.source} through the trained top)"
+                                                if evaluated_on is not None and cached is not None else ""))
     evaluations: dict[str, dict[str, Any]] = {}
     for split_name in ("val", "test"):
         if split_name in splits and len(splits[split_name].samples):
-            probabilities = _predict(model, splits[split_name], context.preprocessing, context.config.batch_size)
+            if split_name == "val" and evaluated_on is not None:
+                probabilities = evaluated_on
+            else:
+                probabilities = _predict(model, splits[split_name], context.preprocessing, context.config.batch_size)
             evaluations[split_name] = classification_report(splits[split_name].labels, probabilities, class_names)
     train_accuracy = next((row.get("accuracy") for row in reversed(state.history) if "accuracy" in row), None)
     val_accuracy = float(evaluations["val"]["accuracy"])
@@ -404,7 +559,9 @@ def _evaluate(context: TrainingContext, phases: list[Phase], model: Any,
             for p, s in zip(phases, state.phases)
         ],
         "collapse_warning": warning,
+        "evaluated_on": cached.source if evaluated_on is not None and cached is not None else "images",
         "wall_s": None,
+        "timings": None,
     }
     if "test" in evaluations:
         metrics["test"] = evaluations["test"]
@@ -450,6 +607,7 @@ def _summary(context: TrainingContext, resolved: ResolvedWeights, metrics: dict[
         "test_accuracy": metrics["test_accuracy"],
         "epochs": {p["name"]: p["epochs_run"] for p in metrics["phases"]},
         "wall_s": metrics["wall_s"],
+        "timings": metrics["timings"],
         "skipped_files": skipped_files,
     }
     log(f"done: val_accuracy {metrics['val_accuracy']:.4f}"
