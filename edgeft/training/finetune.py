@@ -23,7 +23,8 @@ from edgeft.training.activations import (SUPPORTED_AUGMENTATION, FrozenSplit, ac
                                          compute_activations, default_budget_mb, split_frozen_prefix)
 from edgeft.training.checkpoints import CheckpointStore, PhaseState, TrainingState, make_epoch_callback
 from edgeft.training.config import Augmentation, Distribution, FinetuneConfig
-from edgeft.training.model import build_classifier, count_blocks, recalibrate_batchnorm, set_trainable
+from edgeft.training.head import HeadTrainer, train_head
+from edgeft.training.model import add_head, build_backbone, count_blocks, recalibrate_batchnorm, set_trainable
 from edgeft.training.phases import Phase, Trainable, plan_phases
 from edgeft.training.pipeline import class_weights, image_dataset, preprocess_batch
 
@@ -72,8 +73,8 @@ def _fingerprint(config: FinetuneConfig, content_hash: str) -> dict[str, Any]:
     }
 
 
-def _setup_tensorflow(config: FinetuneConfig) -> Any:
-    """Seed, determinism, precision policy; returns the distribution strategy."""
+def _setup_tensorflow(config: FinetuneConfig, say: Any = log) -> Any:
+    """Seed, determinism, precision policy; returns the distribution strategy. Messages go to ``say``."""
     from edgeft.tfcompat import keras, tf
 
     t = tf()
@@ -83,24 +84,50 @@ def _setup_tensorflow(config: FinetuneConfig) -> Any:
     if not gpus:
         t.config.experimental.enable_op_determinism()
     k.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
-    _announce_devices(t, len(gpus))
+    _announce_devices(t, len(gpus), say)
     if config.mixed_precision and not gpus:
-        log("warning: --mixed-precision on a CPU-only host is slow; it pays off on GPUs with tensor cores")
+        say("warning: --mixed-precision on a CPU-only host is slow; it pays off on GPUs with tensor cores")
     if config.distribute is Distribution.MIRRORED:
         strategy = t.distribute.MirroredStrategy()
-        log(f"distribute: MirroredStrategy over {strategy.num_replicas_in_sync} replica(s)")
+        say(f"distribute: MirroredStrategy over {strategy.num_replicas_in_sync} replica(s)")
         return strategy
     return t.distribute.get_strategy()
 
 
-def _announce_devices(t: Any, tensorflow_gpus: int) -> None:
+def _announce_devices(t: Any, tensorflow_gpus: int, say: Any = log) -> None:
     """Say which devices training runs on; warn once when a GPU is present that TensorFlow does not use."""
     from edgeft.training.devices import describe_devices, gpu_warning, host_gpus
 
-    log(describe_devices(t))
+    say(describe_devices(t))
     warning = gpu_warning(host_gpus(), tensorflow_gpus, bool(t.test.is_built_with_cuda()))
     if warning:
-        log(warning)
+        say(warning)
+
+
+def _start_tensorflow(config: FinetuneConfig, spec: BackboneSpec, resolved: ResolvedWeights) -> Any:
+    """TensorFlow's import and set-up, and the backbone's construction, in a thread while images decode.
+
+    Pillow releases the GIL while decoding, so both proceed at once. Returns a future of
+    ``(strategy, backbone or None, messages)``; messages are said by the caller once decoding is done.
+    With MirroredStrategy everything stays on the main thread (its scope is per thread).
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    if config.distribute is not Distribution.NONE:
+        future: Future[Any] = Future()
+        future.set_result(None)
+        return future
+
+    def prepare() -> tuple[Any, Any, list[str]]:
+        messages: list[str] = []
+        strategy = _setup_tensorflow(config, messages.append)
+        backbone = build_backbone(spec, config.alpha, config.image_size, resolved.path)
+        return strategy, backbone, messages
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeft-tensorflow")
+    future = pool.submit(prepare)
+    pool.shutdown(wait=False)  # the thread ends with ``prepare``; the caller waits on the future
+    return future
 
 
 def _epoch_logger(phase: Phase) -> Any:
@@ -222,8 +249,8 @@ def _run_phase_timed(context: TrainingContext, index: int, phase: Phase, model: 
         else:
             trained = _fit_model(context, index, phase, model, done)
     _restore_best(context, index, phase, trained)
-    if trained is not model:
-        model.get_layer("predictions").set_weights(trained.get_layer("predictions").get_weights())
+    if isinstance(trained, HeadTrainer):
+        model.get_layer("predictions").set_weights(trained.weights())
     context.store.save_weights(model, context.store.weights_path(index, "final"))
     phase_state.finished = True
     phase_state.wall_s += time.monotonic() - started
@@ -248,31 +275,19 @@ def _class_weights(context: TrainingContext, model: Any) -> dict[int, float] | N
 
 
 def _fit_head_on_features(context: TrainingContext, index: int, phase: Phase, model: Any, done: bool) -> Any:
-    """Train a stand-alone head on cached backbone features; return the head."""
-    from edgeft.tfcompat import keras
-
-    k = keras()
+    """Train a stand-alone head (numpy, :mod:`edgeft.training.head`) on cached backbone features; return it."""
     config, store = context.config, context.store
     weights = _class_weights(context, model)
     train, val = context.splits["train"], context.splits["val"]
     with context.timer.step("backbone_pass"):
         train_features, val_features = _features(context, model)
-    with context.strategy.scope():
-        head = k.Sequential(
-            [
-                k.Input(shape=train_features.shape[1:]),
-                k.layers.Dropout(config.dropout, name="dropout"),
-                k.layers.Dense(int(model.output_shape[-1]), activation="softmax", name="predictions",
-                               dtype="float32"),
-            ]
-        )
-        _compile(head, phase.learning_rate)
+    head = HeadTrainer(train_features.shape[1], int(model.output_shape[-1]), config.dropout, phase.learning_rate,
+                       config.seed)
     epochs_done = _resume_weights(context, index, head)
     if not done:
         callback = make_epoch_callback(store, context.state, index, head, config.patience, _epoch_logger(phase))
-        head.fit(train_features, train.labels, batch_size=config.batch_size, epochs=phase.epochs,
-                 initial_epoch=epochs_done, validation_data=(val_features, val.labels),
-                 shuffle=True, class_weight=weights, callbacks=[callback], verbose=0)
+        train_head(head, callback, (train_features, train.labels), (val_features, val.labels), config.batch_size,
+                   phase.epochs, epochs_done, weights)
     context.cached_evaluations[index] = CachedEvaluation(head, val_features, "cached backbone features")
     return head
 
@@ -409,24 +424,29 @@ def main_finetune(config: FinetuneConfig) -> dict[str, Any]:
 
     interrupts.advise("interrupted before training started; nothing to resume: run the same command again")
     timer = StepTimer(wall_start)
+    _warm_up_plots()
     with timer.step("setup"):
         check_output_location(config.out_dir, inputs=[config.data_dir])
         store = prepare_run_dir(config)
         spec = get_backbone(config.backbone)
         resolved = resolve_weights(spec, config.weights, config.alpha, config.image_size)
+    background = _start_tensorflow(config, spec, resolved)
     with timer.step("decode"):
         index, splits = load_dataset(config.data_dir, config.image_size, config.val_split, config.seed)
     _check_validation_classes(config, index.class_names, splits)
     clear_for_new_run(config)
     _log_inputs(config, resolved, index, splits)
-    with timer.step("tensorflow_setup"):
-        strategy = _setup_tensorflow(config)
+    with timer.step("tensorflow_setup"):  # what is left of it once decoding is done
+        prepared = background.result()
+        strategy, backbone, messages = prepared if prepared else (_setup_tensorflow(config), None, [])
+        for message in messages:
+            log(message)
     phases = plan_phases(config)
     state = _training_state(config, store, phases, index.content_hash)
     interrupts.advise("interrupted; run the same command with --resume to continue from the last completed epoch")
     context = TrainingContext(config, spec, splits, store, state, strategy, timer)
     with timer.step("model_build"):
-        model = _build_model(context, resolved, len(index.class_names))
+        model = _build_model(context, resolved, len(index.class_names), backbone)
     _train(context, phases, model)
     with timer.step("final_evaluation"):
         metrics = _evaluate(context, phases, model, index.class_names)
@@ -438,6 +458,14 @@ def main_finetune(config: FinetuneConfig) -> dict[str, Any]:
     summary = _summary(context, resolved, metrics, len(index.skipped))
     _check_accuracy_target(config, metrics["val_accuracy"])
     return summary
+
+
+def _warm_up_plots() -> None:
+    import threading
+
+    from edgeft.run.plots import warm_up
+
+    threading.Thread(target=warm_up, name="edgeft-plots-warm-up", daemon=True).start()
 
 
 def _check_validation_classes(config: FinetuneConfig, class_names: tuple[str, ...],
@@ -489,11 +517,14 @@ def _training_state(config: FinetuneConfig, store: CheckpointStore, phases: list
     return state
 
 
-def _build_model(context: TrainingContext, resolved: ResolvedWeights, num_classes: int) -> Any:
-    """The flat classifier: backbone with the resolved weights, pooling, dropout, softmax head."""
+def _build_model(context: TrainingContext, resolved: ResolvedWeights, num_classes: int, backbone: Any = None) -> Any:
+    """The flat classifier: backbone with the resolved weights (``backbone`` when already built), pooling,
+    dropout, softmax head."""
     config, spec = context.config, context.spec
     with context.strategy.scope():
-        model = build_classifier(spec, config.alpha, config.image_size, num_classes, resolved.path, config.dropout)
+        if backbone is None:
+            backbone = build_backbone(spec, config.alpha, config.image_size, resolved.path)
+        model = add_head(backbone, spec, num_classes, config.dropout)
     if config.strategy.value == "partial":
         available = count_blocks(model, spec)
         if config.unfreeze > available:
