@@ -44,8 +44,18 @@ summary = main_finetune(FinetuneConfig.from_options(data_dir=Path(data), out_dir
     alpha=0.35, image_size=size, weights=weights, strategy="head", epochs=epochs, patience=0, augment=False, seed=0))
 wall = time.perf_counter() - start
 usage = resource.getrusage(resource.RUSAGE_SELF)
+# edgeft decodes while TensorFlow sets up in a thread, which slows decoding a little: decode again on
+# its own (fresh cache) so that the limit can also be given without that overlap.
+import os, tempfile
+from edgeft.data.dataset import class_folder_files, decode_files
+files = [p for split in ("train", "val") for p, _ in class_folder_files(Path(data) / split, ("ants", "bees"))]
+with tempfile.TemporaryDirectory() as cache:
+    os.environ["EDGEFT_CACHE_DIR"] = cache
+    decode_start = time.perf_counter()
+    decode_files(files, size, label="decoding again, alone")
+    decode_alone = time.perf_counter() - decode_start
 print(json.dumps({"wall_s": wall, "user_s": usage.ru_utime - start_user, "val_accuracy": summary["val_accuracy"],
-                  "peak_rss_mb": usage.ru_maxrss / 1024, "timings": summary["timings"]}))
+                  "peak_rss_mb": usage.ru_maxrss / 1024, "timings": summary["timings"], "decode_alone_s": decode_alone}))
 """
 
 TEXTBOOK_CHILD = r"""
@@ -103,12 +113,15 @@ def _compare(epochs: int, image_size: int, skip_textbook: bool) -> dict:
                                                      str(image_size), env=env("textbook"))
     timings = edgeft["timings"]
     limit = timings["decode"] + timings["backbone_pass"]
+    limit_alone = edgeft["decode_alone_s"] + timings["backbone_pass"]
     return {
         "epochs": epochs,
         "edgeft": edgeft,
         "textbook": textbook,
         "limit_s": limit,
         "ratio_to_limit": edgeft["wall_s"] / limit,
+        "limit_with_decode_alone_s": limit_alone,
+        "ratio_to_limit_with_decode_alone": edgeft["wall_s"] / limit_alone,
         "speedup_over_textbook": textbook["wall_s"] / edgeft["wall_s"] if textbook else None,
         "user_speedup_over_textbook": textbook["user_s"] / edgeft["user_s"] if textbook else None,
     }
@@ -146,7 +159,8 @@ def main() -> None:
         textbook = (f", {run['speedup_over_textbook']:.1f}x faster than the textbook loop (user CPU "
                     f"{run['user_speedup_over_textbook']:.1f}x)" if run["textbook"] else "")
         print(f"{run['epochs']} epochs: {run['ratio_to_limit']:.2f}x the limit (decode + backbone pass "
-              f"{run['limit_s']:.1f} s; goal <= 1.5x){textbook}")
+              f"{run['limit_s']:.1f} s; goal <= 1.5x), {run['ratio_to_limit_with_decode_alone']:.2f}x with the "
+              f"decode timed alone ({run['limit_with_decode_alone_s']:.1f} s){textbook}")
         print("  timings: " + ", ".join(f"{k} {v:.2f}" for k, v in run["edgeft"]["timings"].items()))
     print(f"-> {args.out}")
 

@@ -182,3 +182,28 @@ def test_interrupted_cached_partial_resumes(shapes: Path, tmp_path: Path, monkey
     assert [(r["phase"], int(r["epoch"])) for r in rows] == [("head", 1), ("head", 2), ("head", 3),
                                                              ("fine_tune", 1), ("fine_tune", 2), ("fine_tune", 3)]
     assert (out / "edgeft.json").exists() and not (out / ".checkpoints").exists()
+
+
+def test_numpy_head_trains_as_keras_does() -> None:
+    """Same start, same batches, no dropout: the numpy head and a Keras Dense + Adam end with the same weights."""
+    from edgeft.tfcompat import keras
+    from edgeft.training.head import HeadTrainer
+
+    k = keras()
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(70, 12)).astype(np.float32)
+    labels = rng.integers(0, 3, 70).astype(np.int32)
+    head = HeadTrainer(12, 3, dropout=0.0, learning_rate=1e-2, seed=5)
+    dense = k.Sequential([k.Input((12,)), k.layers.Dense(3, activation="softmax")])
+    dense.set_weights(head.weights())
+    dense.compile(optimizer=k.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    weights = {0: 1.0, 1: 2.0, 2: 0.5}
+    for epoch in range(3):
+        order = np.random.default_rng([5, epoch]).permutation(70)
+        logs = head.fit_epoch(features, labels, 16, epoch, class_weight=weights)
+        history = dense.fit(features[order], labels[order], batch_size=16, epochs=1, shuffle=False, verbose=0,
+                            class_weight=weights)
+        assert logs["loss"] == pytest.approx(history.history["loss"][0], rel=1e-4)
+    for ours, theirs in zip(head.weights(), dense.get_weights()):
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    np.testing.assert_allclose(head.predict(features), dense.predict(features, verbose=0), atol=1e-5)
