@@ -131,18 +131,41 @@ class CachedActivations:
         return int(sum(array.nbytes for array in self.arrays))
 
 
+class _Flipped:
+    """The horizontal flips of uint8 images, indexed as an array."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.images, self.shape = images, images.shape
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, indices: np.ndarray) -> np.ndarray:
+        return self.images[indices][:, :, ::-1]
+
+
 def compute_activations(split: FrozenSplit, train: np.ndarray, val: np.ndarray, preprocessing: Preprocessing,
-                        batch_size: int, flip: bool) -> CachedActivations:
+                        batch_size: int, flip: bool,
+                        unflipped: tuple[list[np.ndarray], list[np.ndarray]] | None = None) -> CachedActivations:
     """One pass of the frozen part over every training image (and its flip) and every validation image.
 
-    One ``predict`` call for all of them: each call traces the model anew.
+    ``unflipped``: the frozen part's outputs for the training and validation images, already
+    computed (by the head phase's pass); then only the flips are computed. One ``predict`` call
+    for all images: each call traces the model anew.
     """
     from edgeft.training.pipeline import image_dataset
 
-    views = _Views(train, val, flip)
-    outputs = split.prefix.predict(image_dataset(views, None, preprocessing, batch_size), verbose=0)
-    arrays = outputs if isinstance(outputs, list) else [outputs]
-    return CachedActivations(tuple(np.asarray(a, dtype=np.float32) for a in arrays), len(train), views.views)
+    def run(images: Any) -> list[np.ndarray]:
+        outputs = split.prefix.predict(image_dataset(images, None, preprocessing, batch_size), verbose=0)
+        return [np.asarray(a, dtype=np.float32) for a in (outputs if isinstance(outputs, list) else [outputs])]
+
+    if unflipped is None:
+        views = _Views(train, val, flip)
+        return CachedActivations(tuple(run(views)), len(train), views.views)
+    train_parts, val_parts = unflipped
+    flipped = run(_Flipped(train)) if flip else [np.zeros((0, *a.shape[1:]), np.float32) for a in train_parts]
+    arrays = tuple(np.concatenate([a, f, v]) for a, f, v in zip(train_parts, flipped, val_parts))
+    return CachedActivations(arrays, len(train), 2 if flip else 1)
 
 
 def activation_dataset(cache: CachedActivations, labels: np.ndarray, batch_size: int, seed: int) -> Any:

@@ -174,6 +174,9 @@ class TrainingContext:
     timer: StepTimer = field(default_factory=StepTimer)
     # per phase index, filled by the phase that trained in this process
     cached_evaluations: dict[int, CachedEvaluation] = field(default_factory=dict)
+    # the cut of a later cached fine-tuning phase ("split"), and the frozen part's outputs the head
+    # phase's backbone pass computed on the way ("train", "val")
+    frozen_outputs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -195,11 +198,19 @@ def _features(context: TrainingContext, model: Any) -> tuple[np.ndarray, np.ndar
         cached = [np.load(path, allow_pickle=False) for path in paths]
         if cached[0].shape[0] == len(train.labels) and cached[1].shape[0] == len(val.labels):
             return cached[0], cached[1]
-    extractor = keras().Model(model.input, model.get_layer("pool").output)
+    split = context.frozen_outputs.get("split")
+    extra = list(split.prefix.outputs) if split is not None else []
+    extractor = keras().Model(model.input, [model.get_layer("pool").output, *extra])
     both = _Concatenated(train.images, val.images)
     dataset = image_dataset(both, None, context.preprocessing, context.config.batch_size)
-    features = extractor.predict(dataset, verbose=0).astype(np.float32)
-    parts = features[: len(train.labels)], features[len(train.labels):]
+    outputs = extractor.predict(dataset, verbose=0)
+    outputs = outputs if isinstance(outputs, list) else [outputs]
+    count = len(train.labels)
+    if extra:  # the cached fine-tuning phase's activations of these images, from the same pass
+        context.frozen_outputs["train"] = [np.asarray(a[:count], np.float32) for a in outputs[1:]]
+        context.frozen_outputs["val"] = [np.asarray(a[count:], np.float32) for a in outputs[1:]]
+    features = np.asarray(outputs[0], np.float32)
+    parts = features[:count], features[count:]
     for path, part in zip(paths, parts):
         with atomic_path(path) as temp:
             with open(temp, "wb") as handle:
@@ -301,13 +312,13 @@ def _activation_split(context: TrainingContext, phase: Phase, model: Any, done: 
         log("fine-tuning on images (full pipeline): --augmentation full (rotation, zoom, contrast) needs them; "
             f"the activation cache supports {SUPPORTED_AUGMENTATION} only")
         return None
-    split = split_frozen_prefix(model)
+    split = context.frozen_outputs.get("split") or split_frozen_prefix(model)
     if split is None:
         log("fine-tuning on images (full pipeline): no frozen layer below the unfrozen blocks")
         return None
     train, val = context.splits["train"], context.splits["val"]
-    needed_mb = cache_bytes(split, len(train.labels), len(val.labels), config.augment) / 2**20
-    budget_mb = default_budget_mb() if config.activation_cache_mb is None else config.activation_cache_mb
+    needed_mb = _cache_mb(context, split)
+    budget_mb = _cache_budget_mb(config)
     if needed_mb > budget_mb:
         log(f"fine-tuning on images (full pipeline): the activation cache would take {needed_mb:.0f} MB, over "
             f"--activation-cache-mb {budget_mb}")
@@ -318,29 +329,58 @@ def _activation_split(context: TrainingContext, phase: Phase, model: Any, done: 
     return split
 
 
+def _cache_mb(context: TrainingContext, split: FrozenSplit) -> float:
+    train, val = context.splits["train"], context.splits["val"]
+    return cache_bytes(split, len(train.labels), len(val.labels), context.config.augment) / 2**20
+
+
+def _cache_budget_mb(config: FinetuneConfig) -> int:
+    return default_budget_mb() if config.activation_cache_mb is None else config.activation_cache_mb
+
+
+def _plan_activation_cut(context: TrainingContext, phases: list[Phase], model: Any) -> None:
+    """When a head phase on features precedes a fine-tuning phase that will train on cached activations,
+    cut the model now, so that the head phase's backbone pass also yields the activations of the
+    unflipped images (set_trainable is only read when a model is compiled; each phase sets its own)."""
+    config, state = context.config, context.state
+    head_first = phases[0].feature_cache and not state.phases[0].finished
+    tune = next((n for n, p in enumerate(phases) if p.trainable is Trainable.TOP_BLOCKS and not p.batchnorm_trains
+                 and not state.phases[n].epochs_done), None)
+    if not head_first or tune is None or (config.augment and config.augmentation is Augmentation.FULL):
+        return
+    with context.strategy.scope():
+        set_trainable(model, context.spec, Trainable.TOP_BLOCKS, config.unfreeze, False)
+    split = split_frozen_prefix(model)
+    if split is not None and _cache_mb(context, split) <= _cache_budget_mb(config):
+        context.frozen_outputs["split"] = split
+
+
 def _fit_top_on_activations(context: TrainingContext, index: int, phase: Phase, model: Any, done: bool,
                             split: FrozenSplit) -> Any:
-    """Train the unfrozen top on cached activations of the frozen part; return the full model.
+    """Train the unfrozen top on cached activations of the frozen part; return the top.
 
-    The top shares its layers with ``model``: checkpoints, best-epoch restore and the saved model
-    all see the weights it trains.
+    The top shares its layers with ``model``, so the saved model has the weights it trains.
     """
     config, store = context.config, context.store
     weights = _class_weights(context, model)
     train, val = context.splits["train"], context.splits["val"]
+    reuse = context.frozen_outputs
+    unflipped = (reuse["train"], reuse["val"]) if reuse.get("split") is split and "train" in reuse else None
     with context.timer.step("activation_pass"):
         cache = compute_activations(split, train.images, val.images, context.preprocessing, config.batch_size,
-                                    flip=config.augment)
+                                    flip=config.augment, unflipped=unflipped)
+    reuse.clear()
     with context.strategy.scope():
         _compile(split.top, phase.learning_rate)
-    epochs_done = _resume_weights(context, index, model)
-    callback = make_epoch_callback(store, context.state, index, model, config.patience, _epoch_logger(phase))
+    # Checkpoints hold the top's weights only (the frozen part does not change): a fraction of the layers.
+    epochs_done = _resume_weights(context, index, split.top)
+    callback = make_epoch_callback(store, context.state, index, split.top, config.patience, _epoch_logger(phase))
     split.top.fit(activation_dataset(cache, train.labels, config.batch_size, config.seed),
                   validation_data=(cache.validation(), val.labels), validation_batch_size=config.batch_size,
                   epochs=phase.epochs, initial_epoch=epochs_done, class_weight=weights, callbacks=[callback],
                   verbose=0)
     context.cached_evaluations[index] = CachedEvaluation(split.top, cache.validation(), "cached activations")
-    return model
+    return split.top
 
 
 def _fit_model(context: TrainingContext, index: int, phase: Phase, model: Any, done: bool) -> Any:
@@ -536,6 +576,7 @@ def _train(context: TrainingContext, phases: list[Phase], model: Any) -> None:
     """Run the phases not finished yet, leave the last phase's final weights in ``model``."""
     store, state = context.store, context.state
     context.cached_evaluations.clear()
+    _plan_activation_cut(context, phases, model)
     loaded_final = -1
     for number, phase in enumerate(phases):
         if state.phases[number].finished:
