@@ -104,6 +104,14 @@ def _announce_devices(t: Any, tensorflow_gpus: int, say: Any = log) -> None:
         say(warning)
 
 
+def _settle(background: Any) -> None:
+    """Wait for the set-up thread (a failure there is moot once the main thread has failed)."""
+    try:
+        background.result()
+    except Exception:
+        pass
+
+
 def _start_tensorflow(config: FinetuneConfig, spec: BackboneSpec, resolved: ResolvedWeights) -> Any:
     """TensorFlow's import and set-up, and the backbone's construction, in a thread while images decode.
 
@@ -471,11 +479,16 @@ def main_finetune(config: FinetuneConfig) -> dict[str, Any]:
         spec = get_backbone(config.backbone)
         resolved = resolve_weights(spec, config.weights, config.alpha, config.image_size)
     background = _start_tensorflow(config, spec, resolved)
-    with timer.step("decode"):
-        index, splits = load_dataset(config.data_dir, config.image_size, config.val_split, config.seed)
-    _check_validation_classes(config, index.class_names, splits)
-    clear_for_new_run(config)
-    _log_inputs(config, resolved, index, splits)
+    try:
+        with timer.step("decode"):
+            index, splits = load_dataset(config.data_dir, config.image_size, config.val_split, config.seed)
+        _check_validation_classes(config, index.class_names, splits)
+        clear_for_new_run(config)
+        _log_inputs(config, resolved, index, splits)
+    except BaseException:
+        # A thread still importing TensorFlow while the interpreter exits can swallow the error line.
+        _settle(background)
+        raise
     with timer.step("tensorflow_setup"):  # what is left of it once decoding is done
         prepared = background.result()
         strategy, backbone, messages = prepared if prepared else (_setup_tensorflow(config), None, [])
