@@ -82,7 +82,7 @@ def test_head_run_timings_and_cached_evaluation_match_saved_model(shapes: Path, 
     for part in TIMED_PARTS:
         assert part in timings, part
     parts = sum(value for key, value in timings.items() if key != "total")
-    assert parts == pytest.approx(timings["total"], abs=0.05)
+    assert parts == pytest.approx(timings["total"], abs=0.1)  # each part is rounded to 10 ms
     assert timings["total"] == pytest.approx(wall, rel=0.1, abs=0.3)
     assert timings["backbone_pass"] > 0 and timings["head_training"] > 0
     assert metrics["wall_s"] == timings["total"] and summary["timings"] == timings
