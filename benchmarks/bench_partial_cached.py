@@ -15,7 +15,7 @@ Each side runs in its own child process (own peak RSS, own decode cache). Prints
 user CPU seconds, validation accuracy and peak RSS side by side, and writes
 benchmarks/results/partial_cached.json.
 
-    .venv/bin/python benchmarks/bench_partial_cached.py [--epochs 5] [--fine-tune-epochs 5] [--image-size 224]
+    .venv/bin/python benchmarks/bench_partial_cached.py [--epochs 5] [--fine-tune-epochs 10] [--unfreeze 3]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from _common import HYMENOPTERA as DATA
 from _common import MOBILENET_035_WEIGHTS as WEIGHTS
 from _common import ROOT as REPO
 
-UNFREEZE = 3
+UNFREEZE = 3  # edgeft's default
 
 EDGEFT_CHILD = r"""
 import json, resource, sys, time
@@ -120,13 +120,14 @@ def _child(code: str, *args: str, env: dict[str, str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5, help="head epochs (both sides)")
-    parser.add_argument("--fine-tune-epochs", type=int, default=5)
+    parser.add_argument("--fine-tune-epochs", type=int, default=10)
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--unfreeze", type=int, default=UNFREEZE, help="top blocks fine-tuned [3]")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "partial_cached.json")
     args = parser.parse_args()
     if not DATA.is_dir() or not WEIGHTS.is_file():
         raise SystemExit(f"needs {DATA} and {WEIGHTS} (the shared offline assets)")
-    common = [str(args.epochs), str(args.fine_tune_epochs), str(args.image_size), str(UNFREEZE)]
+    common = [str(args.epochs), str(args.fine_tune_epochs), str(args.image_size), str(args.unfreeze)]
     with tempfile.TemporaryDirectory() as scratch:
         def env(name: str) -> dict[str, str]:
             return dict(os.environ, EDGEFT_CACHE_DIR=str(Path(scratch) / f"cache-{name}"), TF_CPP_MIN_LOG_LEVEL="3",
@@ -139,7 +140,7 @@ def main() -> None:
         "dataset": "hymenoptera_data (245 train / 153 val)",
         "backbone": "mobilenet_v2 alpha 0.35, ImageNet weights",
         "image_size": args.image_size,
-        "unfreeze": UNFREEZE,
+        "unfreeze": args.unfreeze,
         "head_epochs": args.epochs,
         "fine_tune_epochs": args.fine_tune_epochs,
         "augmentation": "horizontal flip",
