@@ -65,6 +65,13 @@ def cli() -> None:
 @click.option("--class-weight", type=click.Choice(["none", "auto"]), default="none", show_default=True)
 @click.option("--augment/--no-augment", default=None, help="Random flip/rotation/zoom/contrast in training; with partial/full it applies to the fine-tuning phase "
               "[on for partial and full, off for head].")
+@click.option("--augmentation", type=click.Choice(["flip", "full"]), default=None,
+              help="With augmentation on: flip (horizontal flip only; partial fine-tuning then trains on cached "
+                   "activations) or full (flip, rotation, zoom, contrast; every epoch on images) [flip for partial, "
+                   "full otherwise].")
+@click.option("--activation-cache-mb", type=int, default=None,
+              help="Memory budget of partial fine-tuning's activation cache; above it, or 0, it trains on images "
+                   "[a quarter of RAM].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--mixed-precision", is_flag=True, help="Train with a mixed float16 policy (GPU hosts).")
 @click.option("--distribute", type=click.Choice(["none", "mirrored"]), default="none", show_default=True,

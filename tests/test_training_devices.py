@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
+
+import pytest
 
 from edgeft.training.devices import host_gpus, gpu_warning
 
@@ -39,3 +42,22 @@ def test_driver_without_nvidia_smi_still_counts(tmp_path: Path) -> None:
     host = host_gpus(tmp_path / "version", nvidia_smi=str(tmp_path / "missing"))
     assert host.names == ("an NVIDIA GPU",)
     assert "an NVIDIA GPU (driver 550.54.14)" in (gpu_warning(host, 0, True) or "")
+
+
+def test_finetune_names_its_devices_and_warns_once_about_an_unused_gpu(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """The stand-in nvidia-smi on PATH: TensorFlow here sees no GPU, so finetune's set-up warns, once."""
+    from edgeft.training.config import FinetuneConfig
+    from edgeft.training.finetune import _setup_tensorflow
+
+    _fake_nvidia_smi(tmp_path)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}")
+    config = FinetuneConfig.from_options(data_dir=tmp_path, out_dir=tmp_path / "run", weights="none",
+                                         alpha=0.35, image_size=32)
+    _setup_tensorflow(config)
+    lines = capsys.readouterr().err.splitlines()
+    assert "devices: CPU only" in lines
+    warnings = [line for line in lines if "NVIDIA H100" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: GPU 0: NVIDIA H100 80GB HBM3")
+    assert "edgeft[gpu]" in warnings[0]

@@ -15,6 +15,24 @@ def _figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height))
 
 
+def warm_up() -> None:
+    """Import matplotlib's figure, Agg backend and font cache ahead of the plots (in a background thread).
+
+    The imports and the font list are most of the plots' cost; done while a command decodes images
+    or runs the network, they leave only the drawing for the end.
+    """
+    import importlib
+
+    try:
+        for module in ("matplotlib.figure", "matplotlib.backends.backend_agg"):
+            importlib.import_module(module)
+        from matplotlib import font_manager
+
+        font_manager.findfont("DejaVu Sans")
+    except Exception:  # the plots themselves report a missing or broken matplotlib
+        pass
+
+
 def plot_history(rows: list[dict[str, Any]], path: Path) -> None:
     """Loss and accuracy per epoch for train and validation, phases separated by a line."""
     figure = _figure(10, 4)

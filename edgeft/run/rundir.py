@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 from edgeft.errors import RunDirError
 from edgeft.preprocessing import Preprocessing
+from edgeft.run.timings import StepTimer
 
 MANIFEST_FILE = "edgeft.json"
 MODEL_FILE = "model.keras"
@@ -216,30 +217,39 @@ def history_csv(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def write_run_dir(out: Path, model: Any, manifest: RunManifest, metrics: dict[str, Any],
-                  history: Sequence[dict[str, Any]], model_format: ModelFormat = ModelFormat.KERAS) -> None:
+                  history: Sequence[dict[str, Any]], model_format: ModelFormat = ModelFormat.KERAS,
+                  timer: StepTimer | None = None) -> None:
     """Write a complete run directory, each file atomically and the manifest last.
 
     The old manifest is removed first, so a run directory being overwritten never looks complete
     before its new manifest is in. With a validation report in ``metrics["val"]`` the training
-    curves and the confusion matrix are plotted too (when matplotlib is installed).
+    curves and the confusion matrix are plotted too (when matplotlib is installed). With a
+    ``timer``, writing and plotting are timed as the steps ``writing`` and ``plots`` and
+    ``metrics.json`` gets the timer's report as ``timings`` and its total as ``wall_s``.
     """
     from edgeft.fileio import atomic_path, write_json_atomic, write_text_atomic
 
+    clock = timer or StepTimer()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST_FILE).unlink(missing_ok=True)
-    with atomic_path(out / MODEL_FILE) as temp:
-        if model_format is ModelFormat.HDF5:
-            with warnings.catch_warnings():  # Keras' "HDF5 is legacy" advice does not apply, as said above
-                warnings.filterwarnings("ignore", message="You are saving your model as an HDF5 file")
-                model.save(str(temp), save_format="h5")
-        else:
-            model.save(str(temp))
-    write_text_atomic(out / LABELS_FILE, "\n".join(manifest.class_names) + "\n")
-    write_json_atomic(out / METRICS_FILE, metrics)
-    write_text_atomic(out / HISTORY_FILE, history_csv(history))
+    with clock.step("writing"):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MANIFEST_FILE).unlink(missing_ok=True)
+        with atomic_path(out / MODEL_FILE) as temp:
+            if model_format is ModelFormat.HDF5:
+                with warnings.catch_warnings():  # Keras' "HDF5 is legacy" advice does not apply, as said above
+                    warnings.filterwarnings("ignore", message="You are saving your model as an HDF5 file")
+                    model.save(str(temp), save_format="h5")
+            else:
+                model.save(str(temp))
+        write_text_atomic(out / LABELS_FILE, "\n".join(manifest.class_names) + "\n")
+        write_text_atomic(out / HISTORY_FILE, history_csv(history))
     if "val" in metrics:
-        _write_plots(out, manifest.class_names, metrics, history)
+        with clock.step("plots"):
+            _write_plots(out, manifest.class_names, metrics, history)
+    if timer is not None:
+        report = timer.report()
+        metrics = dict(metrics, timings=report, wall_s=report["total"])
+    write_json_atomic(out / METRICS_FILE, metrics)
     write_json_atomic(out / MANIFEST_FILE, manifest.to_dict())
 
 

@@ -23,6 +23,13 @@ class Strategy(str, Enum):
     FULL = "full"  # head, then the whole network at the lowest learning rate
 
 
+class Augmentation(str, Enum):
+    """Which random augmentations ``--augment`` applies in training."""
+
+    FLIP = "flip"  # horizontal flip only: partial fine-tuning can then train on cached activations
+    FULL = "full"  # flip, rotation, zoom and contrast: every epoch needs the images
+
+
 class Distribution(str, Enum):
     NONE = "none"
     MIRRORED = "mirrored"
@@ -62,6 +69,8 @@ class FinetuneConfig:
     min_accuracy: float | None = None
     resume: bool = False
     force: bool = False
+    augmentation: Augmentation = Augmentation.FULL
+    activation_cache_mb: int | None = None  # None: a share of physical memory
 
     @property
     def weights_source(self) -> WeightsSource:
@@ -83,6 +92,7 @@ class FinetuneConfig:
             record.pop(key)
         record["strategy"] = self.strategy.value
         record["distribute"] = self.distribute.value
+        record["augmentation"] = self.augmentation.value
         return record
 
     @classmethod
@@ -113,6 +123,8 @@ class FinetuneConfig:
         min_accuracy: float | None = None,
         resume: bool = False,
         force: bool = False,
+        augmentation: str | None = None,
+        activation_cache_mb: int | None = None,
     ) -> "FinetuneConfig":
         """Fill defaults and reject impossible combinations with a one-line :class:`UsageError`.
 
@@ -129,6 +141,16 @@ class FinetuneConfig:
                        batch_size=batch_size, dropout=dropout, min_accuracy=min_accuracy)
         if resume and force:
             raise UsageError("--resume and --force contradict each other; choose one")
+        if activation_cache_mb is not None and activation_cache_mb < 0:
+            raise UsageError(f"--activation-cache-mb must be >= 0 (0 turns the cache off), got {activation_cache_mb}")
+        augmenting = (chosen is not Strategy.HEAD) if augment is None else augment
+        if augmentation is not None and not augmenting:
+            raise UsageError(f"--augmentation {augmentation} needs augmentation on; drop --no-augment or --augmentation")
+        if augmentation is not None and augmentation not in {a.value for a in Augmentation}:
+            raise UsageError(f"--augmentation must be flip or full, got {augmentation}")
+        if augmentation is None:
+            # Partial fine-tuning defaults to flip only: it then trains on cached activations.
+            augmentation = "flip" if chosen is Strategy.PARTIAL else "full"
         return cls(
             data_dir=Path(data_dir),
             out_dir=Path(out_dir),
@@ -148,13 +170,15 @@ class FinetuneConfig:
             dropout=dropout,
             val_split=val_split,
             class_weight=class_weight,
-            augment=(chosen is not Strategy.HEAD) if augment is None else augment,
+            augment=augmenting,
             seed=seed,
             mixed_precision=mixed_precision,
             distribute=Distribution(distribute),
             min_accuracy=min_accuracy,
             resume=resume,
             force=force,
+            augmentation=Augmentation(augmentation),
+            activation_cache_mb=activation_cache_mb,
         )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,11 +20,20 @@ from edgeft.outputs import OutputFolder
 from edgeft.preprocessing import Preprocessing
 from edgeft.progress import log
 from edgeft.run.rundir import CHECKPOINT_DIR, MANIFEST_FILE, RUN_ARTIFACTS, RunManifest, write_run_dir
+from edgeft.run.timings import StepTimer
+from edgeft.training.activations import (SUPPORTED_AUGMENTATION, FrozenSplit, activation_dataset, cache_bytes,
+                                         compute_activations, default_budget_mb, split_frozen_prefix)
 from edgeft.training.checkpoints import CheckpointStore, PhaseState, TrainingState, make_epoch_callback
-from edgeft.training.config import Distribution, FinetuneConfig
-from edgeft.training.model import build_classifier, count_blocks, recalibrate_batchnorm, set_trainable
-from edgeft.training.phases import Phase, plan_phases
-from edgeft.training.pipeline import class_weights, image_dataset
+from edgeft.training.config import Augmentation, Distribution, FinetuneConfig
+from edgeft.training.head import HeadTrainer, train_head
+from edgeft.training.model import add_head, build_backbone, count_blocks, recalibrate_batchnorm, set_trainable
+from edgeft.training.phases import Phase, Trainable, plan_phases
+from edgeft.training.pipeline import class_weights, image_dataset, preprocess_batch
+
+# Cached evaluation is trusted when the model, run on these validation images, gives the same
+# probabilities (float32 round-off between graph and eager kernels is ~1e-6).
+CHECK_SAMPLE = 8
+CHECK_TOLERANCE = 1e-4
 
 def prepare_run_dir(config: FinetuneConfig, folder: OutputFolder | None = None) -> CheckpointStore:
     """Refuse to clobber a complete run, require --resume/--force for an unfinished one (nothing is written yet).
@@ -103,8 +112,8 @@ def _fingerprint_changes(saved: dict[str, Any], current: dict[str, Any]) -> list
     return changes
 
 
-def _setup_tensorflow(config: FinetuneConfig) -> Any:
-    """Seed, determinism, precision policy; returns the distribution strategy."""
+def _setup_tensorflow(config: FinetuneConfig, say: Any = log) -> Any:
+    """Seed, determinism, precision policy; returns the distribution strategy. Messages go to ``say``."""
     from edgeft.tfcompat import keras, tf
 
     t = tf()
@@ -114,13 +123,58 @@ def _setup_tensorflow(config: FinetuneConfig) -> Any:
     if not gpus:
         t.config.experimental.enable_op_determinism()
     k.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
+    _announce_devices(t, len(gpus), say)
     if config.mixed_precision and not gpus:
-        log("warning: --mixed-precision on a CPU-only host is slow; it pays off on GPUs with tensor cores")
+        say("warning: --mixed-precision on a CPU-only host is slow; it pays off on GPUs with tensor cores")
     if config.distribute is Distribution.MIRRORED:
         strategy = t.distribute.MirroredStrategy()
-        log(f"distribute: MirroredStrategy over {strategy.num_replicas_in_sync} replica(s)")
+        say(f"distribute: MirroredStrategy over {strategy.num_replicas_in_sync} replica(s)")
         return strategy
     return t.distribute.get_strategy()
+
+
+def _announce_devices(t: Any, tensorflow_gpus: int, say: Any = log) -> None:
+    """Say which devices training runs on; warn once when a GPU is present that TensorFlow does not use."""
+    from edgeft.training.devices import describe_devices, gpu_warning, host_gpus
+
+    say(describe_devices(t))
+    warning = gpu_warning(host_gpus(), tensorflow_gpus, bool(t.test.is_built_with_cuda()))
+    if warning:
+        say(warning)
+
+
+def _settle(background: Any) -> None:
+    """Wait for the set-up thread (a failure there is moot once the main thread has failed)."""
+    try:
+        background.result()
+    except Exception:
+        pass
+
+
+def _start_tensorflow(config: FinetuneConfig, spec: BackboneSpec, resolved: ResolvedWeights) -> Any:
+    """TensorFlow's import and set-up, and the backbone's construction, in a thread while images decode.
+
+    Pillow releases the GIL while decoding, so both proceed at once. Returns a future of
+    ``(strategy, backbone or None, messages)``; messages are said by the caller once decoding is done.
+    With MirroredStrategy everything stays on the main thread (its scope is per thread).
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    if config.distribute is not Distribution.NONE:
+        future: Future[Any] = Future()
+        future.set_result(None)
+        return future
+
+    def prepare() -> tuple[Any, Any, list[str]]:
+        messages: list[str] = []
+        strategy = _setup_tensorflow(config, messages.append)
+        backbone = build_backbone(spec, config.alpha, config.image_size, resolved.path)
+        return strategy, backbone, messages
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeft-tensorflow")
+    future = pool.submit(prepare)
+    pool.shutdown(wait=False)  # the thread ends with ``prepare``; the caller waits on the future
+    return future
 
 
 def _epoch_logger(phase: Phase) -> Any:
@@ -146,8 +200,17 @@ def _compile(model: Any, learning_rate: float) -> None:
 
 
 @dataclass(frozen=True)
+class CachedEvaluation:
+    """A model that gives the classifier's validation probabilities from cached inputs (features, activations)."""
+
+    model: Any  # the head on pooled features, or the trainable top on frozen activations
+    inputs: Any  # its validation inputs, in the validation split's order
+    source: str  # what the inputs are, for metrics.json
+
+
+@dataclass(frozen=True)
 class TrainingContext:
-    """What every step of one run shares: options, backbone, data, checkpoints, distribution strategy."""
+    """What every step of one run shares: options, backbone, data, checkpoints, distribution strategy, clock."""
 
     config: FinetuneConfig
     spec: BackboneSpec
@@ -155,6 +218,12 @@ class TrainingContext:
     store: CheckpointStore
     state: TrainingState
     strategy: Any  # tf.distribute.Strategy
+    timer: StepTimer = field(default_factory=StepTimer)
+    # per phase index, filled by the phase that trained in this process
+    cached_evaluations: dict[int, CachedEvaluation] = field(default_factory=dict)
+    # the cut of a later cached fine-tuning phase ("split"), and the frozen part's outputs the head
+    # phase's backbone pass computed on the way ("train", "val")
+    frozen_outputs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -176,11 +245,19 @@ def _features(context: TrainingContext, model: Any) -> tuple[np.ndarray, np.ndar
         cached = [np.load(path, allow_pickle=False) for path in paths]
         if cached[0].shape[0] == len(train.labels) and cached[1].shape[0] == len(val.labels):
             return cached[0], cached[1]
-    extractor = keras().Model(model.input, model.get_layer("pool").output)
-    images = np.concatenate([train.images, val.images])
-    dataset = image_dataset(images, None, context.preprocessing, context.config.batch_size)
-    features = extractor.predict(dataset, verbose=0).astype(np.float32)
-    parts = features[: len(train.labels)], features[len(train.labels):]
+    split = context.frozen_outputs.get("split")
+    extra = list(split.prefix.outputs) if split is not None else []
+    extractor = keras().Model(model.input, [model.get_layer("pool").output, *extra])
+    both = _Concatenated(train.images, val.images)
+    dataset = image_dataset(both, None, context.preprocessing, context.config.batch_size)
+    outputs = extractor.predict(dataset, verbose=0)
+    outputs = outputs if isinstance(outputs, list) else [outputs]
+    count = len(train.labels)
+    if extra:  # the cached fine-tuning phase's activations of these images, from the same pass
+        context.frozen_outputs["train"] = [np.asarray(a[:count], np.float32) for a in outputs[1:]]
+        context.frozen_outputs["val"] = [np.asarray(a[count:], np.float32) for a in outputs[1:]]
+    features = np.asarray(outputs[0], np.float32)
+    parts = features[:count], features[count:]
     for path, part in zip(paths, parts):
         with atomic_path(path) as temp:
             with open(temp, "wb") as handle:
@@ -188,18 +265,50 @@ def _features(context: TrainingContext, model: Any) -> tuple[np.ndarray, np.ndar
     return parts
 
 
+class _Concatenated:
+    """Two uint8 image arrays indexed as one, without copying them into one."""
+
+    def __init__(self, first: np.ndarray, second: np.ndarray) -> None:
+        self.first, self.second = first, second
+        self.shape = (len(first) + len(second), *first.shape[1:])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, indices: np.ndarray) -> np.ndarray:
+        count = len(self.first)
+        rows = np.empty((len(indices), *self.shape[1:]), dtype=self.first.dtype)
+        for slot, index in enumerate(indices):
+            rows[slot] = self.first[index] if index < count else self.second[index - count]
+        return rows
+
+
+PHASE_STEPS = {"head": "head_training", "fine_tune": "fine_tuning", "scratch": "training"}
+
+
 def _run_phase(context: TrainingContext, index: int, phase: Phase, model: Any) -> None:
     """Train one phase (or finish an interrupted one) and store its final weights."""
+    with context.timer.step(PHASE_STEPS.get(phase.name, phase.name)):
+        _run_phase_timed(context, index, phase, model)
+
+
+def _run_phase_timed(context: TrainingContext, index: int, phase: Phase, model: Any) -> None:
     phase_state = context.state.phases[index]
     started = time.monotonic()
     _log_phase_start(context, phase, model)
     done = phase_state.epochs_done >= phase.epochs or (
         context.config.patience > 0 and phase_state.wait >= context.config.patience)
-    fit = _fit_head_on_features if phase.feature_cache else _fit_model
-    trained = fit(context, index, phase, model, done)
+    if phase.feature_cache:
+        trained = _fit_head_on_features(context, index, phase, model, done)
+    else:
+        split = _activation_split(context, phase, model, done)
+        if split is not None:
+            trained = _fit_top_on_activations(context, index, phase, model, done, split)
+        else:
+            trained = _fit_model(context, index, phase, model, done)
     _restore_best(context, index, phase, trained)
-    if trained is not model:
-        model.get_layer("predictions").set_weights(trained.get_layer("predictions").get_weights())
+    if isinstance(trained, HeadTrainer):
+        model.get_layer("predictions").set_weights(trained.weights())
     context.store.save_weights(model, context.store.weights_path(index, "final"))
     phase_state.finished = True
     phase_state.wall_s += time.monotonic() - started
@@ -224,31 +333,101 @@ def _class_weights(context: TrainingContext, model: Any) -> dict[int, float] | N
 
 
 def _fit_head_on_features(context: TrainingContext, index: int, phase: Phase, model: Any, done: bool) -> Any:
-    """Train a stand-alone head on cached backbone features; return the head."""
-    from edgeft.tfcompat import keras
-
-    k = keras()
+    """Train a stand-alone head (numpy, :mod:`edgeft.training.head`) on cached backbone features; return it."""
     config, store = context.config, context.store
     weights = _class_weights(context, model)
     train, val = context.splits["train"], context.splits["val"]
-    train_features, val_features = _features(context, model)
-    with context.strategy.scope():
-        head = k.Sequential(
-            [
-                k.Input(shape=train_features.shape[1:]),
-                k.layers.Dropout(config.dropout, name="dropout"),
-                k.layers.Dense(int(model.output_shape[-1]), activation="softmax", name="predictions",
-                               dtype="float32"),
-            ]
-        )
-        _compile(head, phase.learning_rate)
+    with context.timer.step("backbone_pass"):
+        train_features, val_features = _features(context, model)
+    head = HeadTrainer(train_features.shape[1], int(model.output_shape[-1]), config.dropout, phase.learning_rate,
+                       config.seed)
     epochs_done = _resume_weights(context, index, head)
     if not done:
         callback = make_epoch_callback(store, context.state, index, head, config.patience, _epoch_logger(phase))
-        head.fit(train_features, train.labels, batch_size=config.batch_size, epochs=phase.epochs,
-                 initial_epoch=epochs_done, validation_data=(val_features, val.labels),
-                 shuffle=True, class_weight=weights, callbacks=[callback], verbose=0)
+        train_head(head, callback, (train_features, train.labels), (val_features, val.labels), config.batch_size,
+                   phase.epochs, epochs_done, weights)
+    context.cached_evaluations[index] = CachedEvaluation(head, val_features, "cached backbone features")
     return head
+
+
+def _activation_split(context: TrainingContext, phase: Phase, model: Any, done: bool) -> FrozenSplit | None:
+    """The frozen/trainable cut when ``phase`` can train on cached activations, else None (saying why)."""
+    config = context.config
+    if phase.trainable is not Trainable.TOP_BLOCKS or phase.batchnorm_trains or done:
+        return None
+    if config.augment and config.augmentation is Augmentation.FULL:
+        log("fine-tuning on images (full pipeline): --augmentation full (rotation, zoom, contrast) needs them; "
+            f"the activation cache supports {SUPPORTED_AUGMENTATION} only")
+        return None
+    split = context.frozen_outputs.get("split") or split_frozen_prefix(model)
+    if split is None:
+        log("fine-tuning on images (full pipeline): no frozen layer below the unfrozen blocks")
+        return None
+    train, val = context.splits["train"], context.splits["val"]
+    needed_mb = _cache_mb(context, split)
+    budget_mb = _cache_budget_mb(config)
+    if needed_mb > budget_mb:
+        log(f"fine-tuning on images (full pipeline): the activation cache would take {needed_mb:.0f} MB, over "
+            f"--activation-cache-mb {budget_mb}")
+        return None
+    views = f"{len(train.labels)} training images" + (" and their flips" if config.augment else "")
+    log(f"fine-tuning on cached activations below {split.first_trainable}: {needed_mb:.1f} MB in memory ({views}, "
+        f"{len(val.labels)} validation); augmentation: {SUPPORTED_AUGMENTATION if config.augment else 'none'}")
+    return split
+
+
+def _cache_mb(context: TrainingContext, split: FrozenSplit) -> float:
+    train, val = context.splits["train"], context.splits["val"]
+    return cache_bytes(split, len(train.labels), len(val.labels), context.config.augment) / 2**20
+
+
+def _cache_budget_mb(config: FinetuneConfig) -> int:
+    return default_budget_mb() if config.activation_cache_mb is None else config.activation_cache_mb
+
+
+def _plan_activation_cut(context: TrainingContext, phases: list[Phase], model: Any) -> None:
+    """When a head phase on features precedes a fine-tuning phase that will train on cached activations,
+    cut the model now, so that the head phase's backbone pass also yields the activations of the
+    unflipped images (set_trainable is only read when a model is compiled; each phase sets its own)."""
+    config, state = context.config, context.state
+    head_first = phases[0].feature_cache and not state.phases[0].finished
+    tune = next((n for n, p in enumerate(phases) if p.trainable is Trainable.TOP_BLOCKS and not p.batchnorm_trains
+                 and not state.phases[n].epochs_done), None)
+    if not head_first or tune is None or (config.augment and config.augmentation is Augmentation.FULL):
+        return
+    with context.strategy.scope():
+        set_trainable(model, context.spec, Trainable.TOP_BLOCKS, config.unfreeze, False)
+    split = split_frozen_prefix(model)
+    if split is not None and _cache_mb(context, split) <= _cache_budget_mb(config):
+        context.frozen_outputs["split"] = split
+
+
+def _fit_top_on_activations(context: TrainingContext, index: int, phase: Phase, model: Any, done: bool,
+                            split: FrozenSplit) -> Any:
+    """Train the unfrozen top on cached activations of the frozen part; return the top.
+
+    The top shares its layers with ``model``, so the saved model has the weights it trains.
+    """
+    config, store = context.config, context.store
+    weights = _class_weights(context, model)
+    train, val = context.splits["train"], context.splits["val"]
+    reuse = context.frozen_outputs
+    unflipped = (reuse["train"], reuse["val"]) if reuse.get("split") is split and "train" in reuse else None
+    with context.timer.step("activation_pass"):
+        cache = compute_activations(split, train.images, val.images, context.preprocessing, config.batch_size,
+                                    flip=config.augment, unflipped=unflipped)
+    reuse.clear()
+    with context.strategy.scope():
+        _compile(split.top, phase.learning_rate)
+    # Checkpoints hold the top's weights only (the frozen part does not change): a fraction of the layers.
+    epochs_done = _resume_weights(context, index, split.top)
+    callback = make_epoch_callback(store, context.state, index, split.top, config.patience, _epoch_logger(phase))
+    split.top.fit(activation_dataset(cache, train.labels, config.batch_size, config.seed),
+                  validation_data=(cache.validation(), val.labels), validation_batch_size=config.batch_size,
+                  epochs=phase.epochs, initial_epoch=epochs_done, class_weight=weights, callbacks=[callback],
+                  verbose=0)
+    context.cached_evaluations[index] = CachedEvaluation(split.top, cache.validation(), "cached activations")
+    return split.top
 
 
 def _fit_model(context: TrainingContext, index: int, phase: Phase, model: Any, done: bool) -> Any:
@@ -291,6 +470,28 @@ def _restore_best(context: TrainingContext, index: int, phase: Phase, trained: A
 def _predict(model: Any, split: LoadedSplit, preprocessing: Any, batch_size: int) -> np.ndarray:
     dataset = image_dataset(split.images, None, preprocessing, batch_size)
     return np.asarray(model.predict(dataset, verbose=0), dtype=np.float32)
+
+
+def _cached_probabilities(context: TrainingContext, model: Any, cached: CachedEvaluation) -> np.ndarray | None:
+    """Validation probabilities from cached inputs, once the full model agrees with them on a sample; else None.
+
+    A mismatch (e.g. a layer the cache does not reproduce) says so and leaves the evaluation to
+    the full model on the images.
+    """
+    val = context.splits["val"]
+    if not len(val.labels):
+        return None
+    probabilities = np.asarray(cached.model.predict(cached.inputs, batch_size=context.config.batch_size, verbose=0),
+                               dtype=np.float32)
+    sample = np.unique(np.linspace(0, len(val.labels) - 1, min(CHECK_SAMPLE, len(val.labels))).astype(int))
+    reference = np.asarray(model(preprocess_batch(val.images[sample], context.preprocessing), training=False),
+                           dtype=np.float32)
+    difference = float(np.max(np.abs(reference - probabilities[sample])))
+    if not difference <= CHECK_TOLERANCE:
+        log(f"warning: evaluation on {cached.source} differs from the model by {difference:.2g} on "
+            f"{len(sample)} validation images; evaluating the model on the images instead")
+        return None
+    return probabilities
 
 
 def collapse_warning(train_accuracy: float | None, val_accuracy: float, num_classes: int) -> str | None:
@@ -347,26 +548,51 @@ def _train_run(config: FinetuneConfig, folder: OutputFolder, wall_start: float) 
     from edgeft import interrupts
 
     interrupts.advise(_interrupt_advice(config, folder, training=False))
-    store = prepare_run_dir(config, folder)
-    spec = get_backbone(config.backbone)
-    resolved = resolve_weights(spec, config.weights, config.alpha, config.image_size)
-    index, splits = load_dataset(config.data_dir, config.image_size, config.val_split, config.seed)
-    _check_validation_classes(config, index.class_names, splits)
-    clear_for_new_run(config, folder.work)
-    _log_inputs(config, resolved, index, splits)
-    strategy = _setup_tensorflow(config)
+    timer = StepTimer(wall_start)
+    _warm_up_plots()
+    with timer.step("setup"):
+        store = prepare_run_dir(config, folder)
+        spec = get_backbone(config.backbone)
+        resolved = resolve_weights(spec, config.weights, config.alpha, config.image_size)
+    background = _start_tensorflow(config, spec, resolved)
+    try:
+        with timer.step("decode"):
+            index, splits = load_dataset(config.data_dir, config.image_size, config.val_split, config.seed)
+        _check_validation_classes(config, index.class_names, splits)
+        clear_for_new_run(config, folder.work)
+        _log_inputs(config, resolved, index, splits)
+    except BaseException:
+        # A thread still importing TensorFlow while the interpreter exits can swallow the error line.
+        _settle(background)
+        raise
+    with timer.step("tensorflow_setup"):  # what is left of it once decoding is done
+        prepared = background.result()
+        strategy, backbone, messages = prepared if prepared else (_setup_tensorflow(config), None, [])
+        for message in messages:
+            log(message)
     phases = plan_phases(config)
     state = _training_state(config, store, phases, index.content_hash)
     interrupts.advise(_interrupt_advice(config, folder, training=True))
-    context = TrainingContext(config, spec, splits, store, state, strategy)
-    model = _build_model(context, resolved, len(index.class_names))
+    context = TrainingContext(config, spec, splits, store, state, strategy, timer)
+    with timer.step("model_build"):
+        model = _build_model(context, resolved, len(index.class_names), backbone)
     _train(context, phases, model)
-    metrics = _evaluate(context, phases, model, index.class_names)
-    metrics["wall_s"] = round(time.monotonic() - wall_start, 2)
-    write_run_dir(folder.work, model, _manifest(context, resolved, index), metrics, state.history)
+    with timer.step("final_evaluation"):
+        metrics = _evaluate(context, phases, model, index.class_names)
+    write_run_dir(folder.work, model, _manifest(context, resolved, index), metrics, state.history, timer=timer)
+    metrics["timings"] = timer.last_report
+    metrics["wall_s"] = timer.last_report["total"]  # "done in": writing the run included
+    log(timer.line())
     shutil.rmtree(folder.work / CHECKPOINT_DIR, ignore_errors=True)
-    metrics["wall_s"] = round(time.monotonic() - wall_start, 2)  # "done in": writing the run included
     return _summary(context, resolved, metrics, len(index.skipped))
+
+
+def _warm_up_plots() -> None:
+    import threading
+
+    from edgeft.run.plots import warm_up
+
+    threading.Thread(target=warm_up, name="edgeft-plots-warm-up", daemon=True).start()
 
 
 def _check_validation_classes(config: FinetuneConfig, class_names: tuple[str, ...],
@@ -418,11 +644,14 @@ def _training_state(config: FinetuneConfig, store: CheckpointStore, phases: list
     return state
 
 
-def _build_model(context: TrainingContext, resolved: ResolvedWeights, num_classes: int) -> Any:
-    """The flat classifier: backbone with the resolved weights, pooling, dropout, softmax head."""
+def _build_model(context: TrainingContext, resolved: ResolvedWeights, num_classes: int, backbone: Any = None) -> Any:
+    """The flat classifier: backbone with the resolved weights (``backbone`` when already built), pooling,
+    dropout, softmax head."""
     config, spec = context.config, context.spec
     with context.strategy.scope():
-        model = build_classifier(spec, config.alpha, config.image_size, num_classes, resolved.path, config.dropout)
+        if backbone is None:
+            backbone = build_backbone(spec, config.alpha, config.image_size, resolved.path)
+        model = add_head(backbone, spec, num_classes, config.dropout)
     if config.strategy.value == "partial":
         available = count_blocks(model, spec)
         if config.unfreeze > available:
@@ -433,6 +662,8 @@ def _build_model(context: TrainingContext, resolved: ResolvedWeights, num_classe
 def _train(context: TrainingContext, phases: list[Phase], model: Any) -> None:
     """Run the phases not finished yet, leave the last phase's final weights in ``model``."""
     store, state = context.store, context.state
+    context.cached_evaluations.clear()
+    _plan_activation_cut(context, phases, model)
     loaded_final = -1
     for number, phase in enumerate(phases):
         if state.phases[number].finished:
@@ -444,9 +675,11 @@ def _train(context: TrainingContext, phases: list[Phase], model: Any) -> None:
     if loaded_final != len(phases) - 1:
         model.load_weights(str(store.weights_path(len(phases) - 1, "final")))
     if any(p.batchnorm_trains for p in phases):
-        batches = image_dataset(context.splits["train"].images, None, context.preprocessing,
-                                context.config.batch_size, shuffle=True, seed=context.config.seed)
-        used = recalibrate_batchnorm(model, batches)
+        context.cached_evaluations.clear()
+        with context.timer.step("batchnorm_recalibration"):
+            batches = image_dataset(context.splits["train"].images, None, context.preprocessing,
+                                    context.config.batch_size, shuffle=True, seed=context.config.seed)
+            used = recalibrate_batchnorm(model, batches)
         log(f"BatchNorm statistics re-estimated on {used} training batches")
 
 
@@ -455,12 +688,18 @@ def _evaluate(context: TrainingContext, phases: list[Phase], model: Any,
     """``metrics.json``'s content (but ``wall_s``): the val and test reports, phases, collapse warning."""
     from edgeft.run.metrics import classification_report
 
-    log("evaluating on the validation split")
     splits, state = context.splits, context.state
+    cached = context.cached_evaluations.get(len(phases) - 1)
+    evaluated_on = _cached_probabilities(context, model, cached) if cached is not None else None
+    log("evaluating on the validation split" + (f" ({cached.source} through the trained top)"
+                                                if evaluated_on is not None and cached is not None else ""))
     evaluations: dict[str, dict[str, Any]] = {}
     for split_name in ("val", "test"):
         if split_name in splits and len(splits[split_name].samples):
-            probabilities = _predict(model, splits[split_name], context.preprocessing, context.config.batch_size)
+            if split_name == "val" and evaluated_on is not None:
+                probabilities = evaluated_on
+            else:
+                probabilities = _predict(model, splits[split_name], context.preprocessing, context.config.batch_size)
             evaluations[split_name] = classification_report(splits[split_name].labels, probabilities, class_names)
     train_accuracy = next((row.get("accuracy") for row in reversed(state.history) if "accuracy" in row), None)
     val_accuracy = float(evaluations["val"]["accuracy"])
@@ -479,7 +718,9 @@ def _evaluate(context: TrainingContext, phases: list[Phase], model: Any,
             for p, s in zip(phases, state.phases)
         ],
         "collapse_warning": warning,
+        "evaluated_on": cached.source if evaluated_on is not None and cached is not None else "images",
         "wall_s": None,
+        "timings": None,
     }
     if "test" in evaluations:
         metrics["test"] = evaluations["test"]
@@ -525,6 +766,7 @@ def _summary(context: TrainingContext, resolved: ResolvedWeights, metrics: dict[
         "test_accuracy": metrics["test_accuracy"],
         "epochs": {p["name"]: p["epochs_run"] for p in metrics["phases"]},
         "wall_s": metrics["wall_s"],
+        "timings": metrics["timings"],
         "skipped_files": skipped_files,
     }
     log(f"done: val_accuracy {metrics['val_accuracy']:.4f}"

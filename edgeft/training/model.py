@@ -26,13 +26,26 @@ def build_classifier(
     dropout: float,
 ) -> Any:
     """Backbone + global average pooling + dropout + softmax, flat, on a float input already preprocessed."""
+    return add_head(build_backbone(spec, alpha, image_size, weights_path), spec, num_classes, dropout)
+
+
+def build_backbone(spec: BackboneSpec, alpha: float | None, image_size: int, weights_path: Path | None) -> tuple[Any, Any]:
+    """The input tensor and the pooled backbone features (the part that does not depend on the classes)."""
     from edgeft.tfcompat import keras
 
     k = keras()
     inputs = k.Input(shape=(image_size, image_size, 3), name=INPUT_NAME)
     base = spec.construct(inputs, weights=str(weights_path) if weights_path else None, alpha=alpha)
-    features = k.layers.GlobalAveragePooling2D(name="pool")(base.output)
-    features = k.layers.Dropout(dropout, name="dropout")(features)
+    return inputs, k.layers.GlobalAveragePooling2D(name="pool")(base.output)
+
+
+def add_head(backbone: tuple[Any, Any], spec: BackboneSpec, num_classes: int, dropout: float) -> Any:
+    """The classifier: :func:`build_backbone`'s output, dropout and a softmax layer, as one flat model."""
+    from edgeft.tfcompat import keras
+
+    k = keras()
+    inputs, pooled = backbone
+    features = k.layers.Dropout(dropout, name="dropout")(pooled)
     outputs = k.layers.Dense(num_classes, activation="softmax", name="predictions", dtype="float32")(features)
     return k.Model(inputs, outputs, name=f"edgeft_{spec.name}")
 

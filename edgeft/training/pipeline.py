@@ -14,21 +14,28 @@ import numpy as np
 from edgeft.preprocessing import Preprocessing
 
 
-def augmentation_layers(seed: int) -> Any:
-    """Random flip, rotation, zoom and contrast (active when called with training=True)."""
+def augmentation_layers(seed: int, flip_only: bool = False) -> Any:
+    """Random flip, rotation, zoom and contrast, or flip only (active when called with training=True)."""
     from edgeft.tfcompat import keras
 
     k = keras()
     # float32 whatever the global policy: under mixed_float16 the contrast op has no CPU kernel.
-    return k.Sequential(
-        [
-            k.layers.RandomFlip("horizontal", seed=seed, dtype="float32"),
+    layers = [k.layers.RandomFlip("horizontal", seed=seed, dtype="float32")]
+    if not flip_only:
+        layers += [
             k.layers.RandomRotation(0.1, seed=seed + 1, dtype="float32"),
             k.layers.RandomZoom(0.1, seed=seed + 2, dtype="float32"),
             k.layers.RandomContrast(0.1, seed=seed + 3, dtype="float32"),
-        ],
-        name="augmentation",
-    )
+        ]
+    return k.Sequential(layers, name="augmentation")
+
+
+def preprocess_batch(images: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
+    """The model input for uint8 ``images`` (N, H, W, 3), as :func:`image_dataset` computes it."""
+    batch = images.astype(np.float32)
+    if preprocessing.channel_order == "BGR":
+        batch = batch[..., ::-1]
+    return batch * np.asarray(preprocessing.scale, np.float32) + np.asarray(preprocessing.offset, np.float32)
 
 
 def image_dataset(
@@ -39,8 +46,12 @@ def image_dataset(
     shuffle: bool = False,
     augment: bool = False,
     seed: int = 0,
+    flip_only: bool = False,
 ) -> Any:
-    """Batches of preprocessed float32 images (and labels when given)."""
+    """Batches of preprocessed float32 images (and labels when given).
+
+    ``images`` is an array or any object with ``shape``, ``len`` and indexing by an index array.
+    """
     from edgeft.tfcompat import tf
 
     t = tf()
@@ -58,7 +69,7 @@ def image_dataset(
         dataset = dataset.shuffle(count, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
     label_tensor = t.constant(labels, dtype=t.int32) if labels is not None else None
-    augmenter = augmentation_layers(seed) if augment else None
+    augmenter = augmentation_layers(seed, flip_only) if augment else None
 
     def load(indices: Any) -> Any:
         pixels = t.numpy_function(gather, [indices], t.uint8)

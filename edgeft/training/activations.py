@@ -1,0 +1,194 @@
+"""Partial fine-tuning on cached frozen activations.
+
+With ``--strategy partial`` every layer below the first unfrozen block is frozen and runs in
+inference mode (BatchNorm on its moving statistics, dropout off, as Keras' ``base(x,
+training=False)``), so its output is a fixed function of the input image. It is computed once
+per image and view (the image and its horizontal flip for the training split, the image for
+the validation split), held in memory, and only the unfrozen top trains on it. The top is a
+second Keras model over the same layer objects as the full classifier, so training it trains
+the classifier: the saved model is the full model, with the same outputs.
+
+Augmentation on this path is horizontal flip only (each epoch picks one of the two cached views
+per image); rotation, zoom and contrast change every pixel each epoch and need the images.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgeft.preprocessing import Preprocessing
+
+SUPPORTED_AUGMENTATION = "horizontal flip"
+DEFAULT_RAM_SHARE = 0.25  # of physical memory, when --activation-cache-mb is not given
+_FALLBACK_BUDGET_MB = 2048  # when the physical memory cannot be read
+
+
+def default_budget_mb() -> int:
+    """A quarter of physical memory, in MiB."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return _FALLBACK_BUDGET_MB
+    return int(total * DEFAULT_RAM_SHARE / 2**20)
+
+
+@dataclass(frozen=True)
+class FrozenSplit:
+    """The classifier cut below its first trainable layer."""
+
+    prefix: Any  # image -> the frozen part's outputs the top consumes (a Keras model)
+    top: Any  # those outputs -> class probabilities (a Keras model sharing the classifier's layers)
+    boundary: tuple[str, ...]  # names of the frozen layers whose outputs cross the cut
+    first_trainable: str
+
+    def bytes_per_view(self) -> int:
+        """float32 bytes of the cached activations of one image view."""
+        return int(sum(4 * int(np.prod(shape[1:])) for shape in _shapes(self.prefix)))
+
+
+def _shapes(model: Any) -> list[tuple[int, ...]]:
+    shapes = model.output_shape
+    return list(shapes) if isinstance(shapes, list) else [shapes]
+
+
+def split_frozen_prefix(model: Any) -> FrozenSplit | None:
+    """Cut ``model`` below its first trainable layer; None when nothing below it is frozen."""
+    from edgeft.tfcompat import keras, tf
+
+    layers = model.layers
+    position = {id(layer): number for number, layer in enumerate(layers)}
+    first = next((n for n, layer in enumerate(layers) if n > 0 and layer.trainable), None)
+    if first is None or first < 2:
+        return None
+    crossing: dict[int, Any] = {}
+    for layer in layers[first:]:
+        for tensor in tf().nest.flatten(layer.input):
+            producer = tensor._keras_history.layer
+            if position.get(id(producer), first) < first:
+                crossing.setdefault(id(tensor), (producer.name, tensor))
+    names = tuple(name for name, _ in crossing.values())
+    tensors = [tensor for _, tensor in crossing.values()]
+    k = keras()
+    inputs = tensors if len(tensors) > 1 else tensors[0]
+    prefix = k.Model(model.input, inputs, name="frozen_prefix")
+    top = k.Model(inputs, model.output, name="trainable_top")
+    return FrozenSplit(prefix, top, names, layers[first].name)
+
+
+class _Views:
+    """Training images, their horizontal flips (with ``flip``), then validation images, indexed as one array."""
+
+    def __init__(self, train: np.ndarray, val: np.ndarray, flip: bool) -> None:
+        self.train, self.val = train, val
+        self.views = 2 if flip else 1
+        self.shape = (self.views * len(train) + len(val), *train.shape[1:])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, indices: np.ndarray) -> np.ndarray:
+        count = len(self.train)
+        rows = np.empty((len(indices), *self.shape[1:]), dtype=self.train.dtype)
+        for slot, index in enumerate(indices):
+            if index < count:
+                rows[slot] = self.train[index]
+            elif index < self.views * count:
+                rows[slot] = self.train[index - count, :, ::-1]
+            else:
+                rows[slot] = self.val[index - self.views * count]
+        return rows
+
+
+def cache_bytes(split: FrozenSplit, train_count: int, val_count: int, flip: bool) -> int:
+    """Memory the activation cache of these splits takes."""
+    return split.bytes_per_view() * ((2 if flip else 1) * train_count + val_count)
+
+
+@dataclass(frozen=True)
+class CachedActivations:
+    """The frozen part's outputs: rows ``[0, n)`` training images, ``[n, 2n)`` their flips (``views`` 2),
+    then the validation images."""
+
+    arrays: tuple[np.ndarray, ...]
+    train_count: int
+    views: int
+
+    def validation(self) -> Any:
+        """The validation rows, in the form the top model takes."""
+        parts = [array[self.views * self.train_count:] for array in self.arrays]
+        return parts if len(parts) > 1 else parts[0]
+
+    def rows(self, indices: np.ndarray) -> Any:
+        parts = [array[indices] for array in self.arrays]
+        return parts if len(parts) > 1 else parts[0]
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(array.nbytes for array in self.arrays))
+
+
+class _Flipped:
+    """The horizontal flips of uint8 images, indexed as an array."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.images, self.shape = images, images.shape
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, indices: np.ndarray) -> np.ndarray:
+        return self.images[indices][:, :, ::-1]
+
+
+def compute_activations(split: FrozenSplit, train: np.ndarray, val: np.ndarray, preprocessing: Preprocessing,
+                        batch_size: int, flip: bool,
+                        unflipped: tuple[list[np.ndarray], list[np.ndarray]] | None = None) -> CachedActivations:
+    """One pass of the frozen part over every training image (and its flip) and every validation image.
+
+    ``unflipped``: the frozen part's outputs for the training and validation images, already
+    computed (by the head phase's pass); then only the flips are computed. One ``predict`` call
+    for all images: each call traces the model anew.
+    """
+    from edgeft.training.pipeline import image_dataset
+
+    def run(images: Any) -> list[np.ndarray]:
+        outputs = split.prefix.predict(image_dataset(images, None, preprocessing, batch_size), verbose=0)
+        return [np.asarray(a, dtype=np.float32) for a in (outputs if isinstance(outputs, list) else [outputs])]
+
+    if unflipped is None:
+        views = _Views(train, val, flip)
+        return CachedActivations(tuple(run(views)), len(train), views.views)
+    train_parts, val_parts = unflipped
+    flipped = run(_Flipped(train)) if flip else [np.zeros((0, *a.shape[1:]), np.float32) for a in train_parts]
+    arrays = tuple(np.concatenate([a, f, v]) for a, f, v in zip(train_parts, flipped, val_parts))
+    return CachedActivations(arrays, len(train), 2 if flip else 1)
+
+
+def activation_dataset(cache: CachedActivations, labels: np.ndarray, batch_size: int, seed: int) -> Any:
+    """Shuffled training batches of cached activations; with two views, each image's view is drawn per epoch."""
+    from edgeft.tfcompat import tf
+
+    t = tf()
+    count = cache.train_count
+    rng = np.random.default_rng(seed)
+    shapes = [array.shape[1:] for array in cache.arrays]
+
+    def gather(indices: np.ndarray) -> list[np.ndarray]:
+        rows = indices + count * rng.integers(0, 2, len(indices)) if cache.views == 2 else indices
+        return [array[rows] for array in cache.arrays]
+
+    label_tensor = t.constant(labels, dtype=t.int32)
+
+    def load(indices: Any) -> Any:
+        parts = t.numpy_function(gather, [indices], [t.float32] * len(shapes))
+        parts = [t.ensure_shape(part, [None, *shape]) for part, shape in zip(parts, shapes)]
+        inputs = tuple(parts) if len(parts) > 1 else parts[0]
+        return inputs, t.gather(label_tensor, indices)
+
+    dataset = t.data.Dataset.range(count).shuffle(count, seed=seed, reshuffle_each_iteration=True)
+    # Sequential map: the flip draws then follow the batch order, so a seed repeats a run exactly.
+    return dataset.batch(batch_size).map(load).prefetch(t.data.AUTOTUNE)
