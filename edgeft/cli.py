@@ -321,9 +321,9 @@ def qat(run_dir: Path, as_json: bool, **options: Any) -> None:
               "e.g. 10,50,200 (a bare flag value 'auto' means 10,50,200).")
 @click.option("--calib-method", "onnx_calib_method", type=click.Choice(["minmax", "entropy", "percentile"]),
               default="minmax", show_default=True, help="ONNX int8 calibration method.")
-@click.option("--onnx-weights", type=click.Choice(["uint8", "int8", "int8_7bit"]), default="uint8",
-              show_default=True, help="ONNX int8 weight type: uint8 is accurate on every CPU; int8 is fastest "
-              "on CPUs with VNNI or an Arm dot product but saturates on AVX2-only x86.")
+@click.option("--onnx-weights", type=click.Choice(["uint8", "int8", "int8_7bit"]), default=None,
+              help="ONNX int8 weight type [uint8 post-training, int8 from a QAT run]: uint8 is accurate on every "
+              "CPU; int8 is fastest on CPUs with VNNI or an Arm dot product but saturates on AVX2-only x86.")
 @click.option("--keep-float", default=None, metavar="auto|LAYER,...",
               help="Post-training int8 (TFLite, ONNX; never the Edge TPU): keep these Keras layers in float; "
               "'auto' = the 3 layers the per-layer error report finds worst.")

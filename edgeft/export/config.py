@@ -52,7 +52,7 @@ class ExportConfig:
     calib_list: Path | None = None
     calib_sweep: tuple[int, ...] = ()
     onnx_calib_method: str = "minmax"
-    onnx_weights: OnnxWeights = OnnxWeights.UINT8
+    onnx_weights: OnnxWeights | None = None  # None: uint8 for post-training int8, int8 for a QAT run's ranges
     opset: int = 17
     threads: int = 1
     latency_runs: int = 30
@@ -101,6 +101,8 @@ class ExportConfig:
                                          (Precision.DYNAMIC_RANGE, dynamic)) if flag}
             precisions = tuple(p for p in Precision if p in wanted)
         io = options.pop("io_dtype", None)
+        if options.get("onnx_weights", "") is None:
+            options.pop("onnx_weights")
         if "onnx_weights" in options:
             try:
                 options["onnx_weights"] = OnnxWeights(options["onnx_weights"])
@@ -111,6 +113,13 @@ class ExportConfig:
         return cls(run_dir=Path(run_dir), out_dir=Path(out_dir), formats=chosen, precisions=precisions,
                    io_dtype=IODtype(io) if io else IODtype.UINT8, calib_sweep=tuple(int(s) for s in sweep),
                    **options)  # type: ignore[arg-type]
+
+    def onnx_weights_for(self, source: Source) -> OnnxWeights:
+        """ONNX int8 weight type: as asked, else uint8 (post-training, every CPU) or int8 (QAT ranges: measured
+        agreement 0.993 / 0.967 / 1.000 against 0.967 / 0.961 / 0.994 with uint8 on the three evaluation sets)."""
+        if self.onnx_weights is not None:
+            return self.onnx_weights
+        return OnnxWeights.INT8 if source == Source.QAT else OnnxWeights.UINT8
 
     def max_drop_for(self, precision: Precision) -> float:
         """Allowed accuracy loss in points for an artifact of ``precision``."""
