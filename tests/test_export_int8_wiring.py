@@ -32,7 +32,7 @@ def test_keep_float_is_refused_with_the_edge_tpu_and_without_int8(tmp_path: Path
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     from edgeft.export import ExportConfig
 
-    with pytest.raises(UsageError, match="Edge TPU"):
+    with pytest.raises(UsageError, match="edgetpu format"):
         ExportConfig.from_flags(tmp_path, tmp_path / "x", formats=["tflite", "edgetpu"], keep_float=("auto",))
     with pytest.raises(UsageError, match="add --int8"):
         ExportConfig.from_flags(tmp_path, tmp_path / "x", formats=["tflite"], keep_float=("auto",))
@@ -41,7 +41,7 @@ def test_keep_float_is_refused_with_the_edge_tpu_and_without_int8(tmp_path: Path
     code, err = _cli(capsys, "export", str(tmp_path), "--formats", "tflite,edgetpu", "--keep-float", "auto",
                      "--out", str(tmp_path / "x"))
     lines = [line for line in err.strip().splitlines() if line]
-    assert code == 2 and len(lines) == 1 and "--keep-float" in lines[0] and "Edge TPU" in lines[0], err
+    assert code == 2 and len(lines) == 1 and "--keep-float" in lines[0] and "edgetpu format" in lines[0], err
 
 
 def test_keep_float_auto_keeps_the_worst_layers_in_float_in_both_formats(

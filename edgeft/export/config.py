@@ -81,9 +81,10 @@ class ExportConfig:
             return
         if KEEP_FLOAT_AUTO in names and len(names) > 1:
             raise UsageError("--keep-float takes 'auto' or a list of layer names, not both")
-        if Format.EDGETPU.value in self.formats:
-            raise UsageError("--keep-float cannot be used with the Edge TPU format: a float layer leaves the "
-                             "accelerator; export the Edge TPU model in a separate run without it")
+        refusing = [name for name in self.formats if not get_exporter(name).float_layers_allowed]
+        if refusing:
+            raise UsageError(f"--keep-float cannot be used with the {', '.join(refusing)} format: a float layer "
+                             "leaves the accelerator; export that format in a separate run without it")
         if Precision.INT8 not in self.precisions:
             raise UsageError("--keep-float applies to int8 artifacts: add --int8")
 

@@ -186,8 +186,9 @@ def layer_error_report(export: Export, spec: ArtifactSpec, staged: Staged, keep_
     task = {"task": "layer_errors", "format": spec.format, "model": str(export.run.model_path),
             "artifact": str(export.out / spec.filename), "calibration": staged.calibration_file,
             "image_size": export.run.manifest.image_size, "preprocessing": export.run.manifest.preprocessing.to_dict(),
-            "float_onnx": str(export.work / "onnx_float_for_int8.onnx"), "out": str(export.out),
-            "source": spec.source.value, "edgetpu": "edgetpu" in export.config.formats, "keep_float": keep_float}
+            "work": str(export.work), "out": str(export.out), "source": spec.source.value,
+            "accelerator": any(not EXPORTERS[name].float_layers_allowed for name in export.config.formats),
+            "keep_float": keep_float}
     try:
         return run_task(task, export, f"layer_errors_{spec.filename}")["summary"]
     except EdgeftError as error:

@@ -65,14 +65,16 @@ def layer_errors_task(task: dict[str, Any]) -> dict[str, Any]:
     preprocess = Preprocessing.from_dict(task["preprocessing"]).apply
     name = Path(task["artifact"]).name
     if task["format"] == "onnx":
-        float_onnx = Path(task["float_onnx"])
+        from edgeft.export.formats.onnx import FLOAT_FOR_INT8
+
+        float_onnx = Path(task["work"]) / FLOAT_FOR_INT8
         report = le.onnx_layer_errors(Path(task["artifact"]), pixels[:16], preprocess,
                                       float_path=float_onnx if float_onnx.is_file() else None, artifact=name)
     else:
         model = load_keras_model(Path(task["model"]))
         report = le.tflite_layer_errors(model, int(task["image_size"]), pixels, pixels[:64], preprocess, artifact=name)
     le.write_layer_errors(report, Path(task["out"]))
-    return {"ok": True, "summary": le.summarize(report, task["source"], bool(task["edgetpu"]),
+    return {"ok": True, "summary": le.summarize(report, task["source"], bool(task["accelerator"]),
                                                 keep_float=bool(task["keep_float"]))}
 
 

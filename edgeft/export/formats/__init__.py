@@ -54,6 +54,7 @@ class Exporter:
     implies: tuple[Precision, ...] = ()  # precisions choosing this format adds to the export
     every_precision: bool = False  # planned for each of its precisions even when not asked for
     size_reference: str | None = None  # whose float32 file its size_ratio compares with (default: its own)
+    float_layers_allowed: bool = True  # False where a float op leaves the accelerator (no --keep-float)
 
     def filename(self, precision: Precision) -> str:
         """The file this exporter writes for ``precision``."""
