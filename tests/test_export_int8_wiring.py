@@ -44,6 +44,7 @@ def test_keep_float_is_refused_with_the_edge_tpu_and_without_int8(tmp_path: Path
     assert code == 2 and len(lines) == 1 and "--keep-float" in lines[0] and "edgetpu format" in lines[0], err
 
 
+@pytest.mark.slow  # two int8 conversions per format at 64 px
 def test_keep_float_auto_keeps_the_worst_layers_in_float_in_both_formats(
         tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import onnx
@@ -79,6 +80,7 @@ def test_keep_float_auto_keeps_the_worst_layers_in_float_in_both_formats(
         assert row["agreement"] >= 0.85, row  # 18 val images: one is 0.056
 
 
+@pytest.mark.slow  # two int8 conversions per format at 64 px
 def test_a_failing_int8_artifact_gets_its_per_layer_report_and_advice(
         tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from PIL import Image
