@@ -59,7 +59,7 @@ def main_export(config: ExportConfig) -> dict[str, Any]:
     export = open_export(config)
     specs, skipped = plan(export)
     staged = stage(export, specs)
-    records = [export_artifact(export, spec, staged) for spec in specs]
+    records = [int8_facts(export, spec, staged, export_artifact(export, spec, staged)) for spec in specs]
     add_size_ratios(records)
     sweep = calibration_sweep(export, staged)
     report = build_report(export, staged, records, skipped, sweep, started)
@@ -168,12 +168,22 @@ def export_artifact(export: Export, spec: ArtifactSpec, staged: Staged) -> dict[
         write_json_atomic(Path(device.sidecar_path(str(path))), dict(sidecar, validation=validation.as_record()))
     record = artifact_record(export.config, spec, validation, staged.reference.accuracy)
     record.update(size_bytes=size, convert_s=convert_s, details=exporter.details(result),
-                  sidecar=Path(device.sidecar_path(spec.filename)).name,
-                  keep_float=(result.get("metadata") or {}).get("keep_float"))
-    if record["passed"] is False and spec.precision == Precision.INT8:
-        record["layer_errors"] = layer_error_report(export, spec, staged, bool(record["keep_float"]))
+                  sidecar=Path(device.sidecar_path(spec.filename)).name)
     log(f"  {spec.filename}: {size} bytes, accuracy {record['accuracy']}, agreement {record['agreement']}, "
         f"p50 {record['p50_ms']} ms")
+    return record
+
+
+def int8_facts(export: Export, spec: ArtifactSpec, staged: Staged, record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with the int8 facts: the layers kept in float (from the sidecar) and, for an int8 artifact
+    that failed ``--max-drop``, the summary of its per-layer error report."""
+    import json
+
+    sidecar = Path(device.sidecar_path(str(export.out / spec.filename)))
+    metadata = json.loads(sidecar.read_text("utf-8")) if sidecar.is_file() else {}
+    record["keep_float"] = metadata.get("keep_float")
+    if record["passed"] is False and spec.precision == Precision.INT8:
+        record["layer_errors"] = layer_error_report(export, spec, staged, bool(record["keep_float"]))
     return record
 
 
