@@ -53,11 +53,11 @@ class ExportConfig:
     calib_sweep: tuple[int, ...] = ()
     onnx_calib_method: str = "minmax"
     onnx_weights: OnnxWeights | None = None  # None: uint8 for post-training int8, int8 for a QAT run's ranges
+    keep_float: tuple[str, ...] = ()  # ("auto",) or Keras layer names kept in float in post-training int8
     opset: int = 17
     threads: int = 1
     latency_runs: int = 30
     isolate: bool = True  # one conversion per child process
-    keep_float: tuple[str, ...] = ()  # ("auto",) or Keras layer names kept in float in post-training int8
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "formats", tuple(getattr(f, "value", f) for f in self.formats))
