@@ -328,9 +328,12 @@ def qat(run_dir: Path, as_json: bool, **options: Any) -> None:
               "e.g. 10,50,200 (a bare flag value 'auto' means 10,50,200).")
 @click.option("--calib-method", "onnx_calib_method", type=click.Choice(["minmax", "entropy", "percentile"]),
               default="minmax", show_default=True, help="ONNX int8 calibration method.")
-@click.option("--onnx-weights", type=click.Choice(["uint8", "int8", "int8_7bit"]), default="uint8",
-              show_default=True, help="ONNX int8 weight type: uint8 is accurate on every CPU; int8 is fastest "
-              "on CPUs with VNNI or an Arm dot product but saturates on AVX2-only x86.")
+@click.option("--onnx-weights", type=click.Choice(["uint8", "int8", "int8_7bit"]), default=None,
+              help="ONNX int8 weight type [uint8 post-training, int8 from a QAT run]: uint8 is accurate on every "
+              "CPU; int8 is fastest on CPUs with VNNI or an Arm dot product but saturates on AVX2-only x86.")
+@click.option("--keep-float", default=None, metavar="auto|LAYER,...",
+              help="Post-training int8 (TFLite, ONNX; never the Edge TPU): keep these Keras layers in float; "
+              "'auto' = the 3 layers the per-layer error report finds worst.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
 @click.option("--threads", type=int, default=1, show_default=True, help="Threads for the parity/latency runs.")
 @click.option("--in-process", is_flag=True, help="Convert in this process instead of one child per conversion.")
@@ -349,6 +352,7 @@ def export(run_dir: Path, formats: str, calib_sweep: str | None, in_process: boo
         sweep = [10, 50, 200] if calib_sweep == "auto" else [int(v) for v in _csv_list(calib_sweep)]
     except ValueError:
         raise UsageError(f"--calib-sweep wants comma-separated sizes such as 10,50,200, got '{calib_sweep}'") from None
+    options["keep_float"] = tuple(_csv_list(options.get("keep_float")))
     config = ExportConfig.from_flags(run_dir=run_dir, formats=_csv_list(formats), calib_sweep=sweep,
                                      isolate=not in_process, **options)
     report = main_export(config)

@@ -1,7 +1,12 @@
 """uint8 pixels -> model input, and model output -> real scores.
 
 ``input = pixel * scale + offset`` per channel (after the sidecar's channel order), then the
-model's input quantization when its input is an integer tensor. The resize is the one training
+model's input quantization when its input is an integer tensor. An integer input whose levels the
+pixels land on one to one (one pixel step = one level, within half a level: MobileNet's
+``pixel / 127.5 - 1`` on scale 2/255) gets the pixels themselves, shifted by 128 for int8, as an
+app on the device feeds them; any other mapping is rounded half away from zero, as TFLite's own
+QUANTIZE op rounds (numpy's half-to-even would move every other pixel value down a level
+exactly where the pixels fall halfway between two levels). The resize is the one training
 uses: Pillow's bilinear filter (``reducing_gap=3.0``) when Pillow is installed, otherwise a numpy
 bilinear filter with Pillow's weights and fixed-point arithmetic (identical for a resize along one
 axis; within one grey level when both axes change, for downscale factors below 6 where Pillow's
@@ -41,15 +46,18 @@ def prepare_input(images: Any, dtype: Any, quant: Tuple[float, int], sidecar: Op
             offset = np.asarray(prep.get("offset", [0.0, 0.0, 0.0]), np.float32)
         else:
             scale, offset = np.float32(1.0 / 127.5), np.float32(-1.0)
-        values = images.astype(np.float32) * scale + offset
-        tensor = quantize(values, dtype, quant, sidecar) if dtype in (np.uint8, np.int8) else values.astype(dtype)
+        if dtype in (np.uint8, np.int8):
+            tensor = quantize_pixels(images, scale, offset, dtype, quant, sidecar)
+        else:
+            tensor = (images.astype(np.float32) * scale + offset).astype(dtype)
     if layout == "NCHW":
         tensor = np.transpose(tensor, (0, 3, 1, 2))
     return np.ascontiguousarray(tensor)
 
 
-def quantize(values: Any, dtype: Any, quant: Tuple[float, int], sidecar: Optional[Dict[str, Any]] = None) -> Any:
-    """Real values -> integer tensor with the model's (scale, zero point), else the sidecar's."""
+def input_quantization(dtype: Any, quant: Tuple[float, int], sidecar: Optional[Dict[str, Any]] = None,
+                       ) -> Tuple[float, int]:
+    """The input's (scale, zero point): the model's own, else the sidecar's; :class:`DeviceError` if neither."""
     import numpy as np
 
     q_scale, zero_point = float(quant[0]), int(quant[1])
@@ -59,8 +67,48 @@ def quantize(values: Any, dtype: Any, quant: Tuple[float, int], sidecar: Optiona
         q_scale, zero_point = float(side_quant["scale"]), int(side_quant.get("zero_point", 0))
     if not q_scale:
         raise DeviceError("the model has a %s input but no quantization parameters" % np.dtype(dtype).name)
+    return q_scale, zero_point
+
+
+def pixels_are_levels(scale: Any, offset: Any, dtype: Any, q_scale: float, zero_point: int) -> bool:
+    """Whether ``pixel * scale + offset`` quantized to (q_scale, zero_point) is the pixel itself (uint8) or
+    ``pixel - 128`` (int8), up to a constant offset of at most half a level."""
+    import numpy as np
+
+    scale = np.broadcast_to(np.asarray(scale, np.float64), (3,))
+    offset = np.broadcast_to(np.asarray(offset, np.float64), (3,))
+    shift = -128.0 if np.dtype(dtype) == np.int8 else 0.0
+    step = scale / q_scale
+    level_of_zero = offset / q_scale + zero_point - shift  # the level pixel 0 maps onto
+    return bool(np.all(np.abs(step - 1.0) <= 1e-4) and np.all(np.abs(level_of_zero) <= 0.5 + 1e-4))
+
+
+def quantize_pixels(images: Any, scale: Any, offset: Any, dtype: Any, quant: Tuple[float, int],
+                    sidecar: Optional[Dict[str, Any]] = None) -> Any:
+    """uint8 pixels -> an integer input tensor through ``pixel * scale + offset`` and the input quantization."""
+    import numpy as np
+
+    q_scale, zero_point = input_quantization(dtype, quant, sidecar)
+    if pixels_are_levels(scale, offset, dtype, q_scale, zero_point):
+        if np.dtype(dtype) == np.int8:
+            return (images.astype(np.int16) - 128).astype(np.int8)
+        return np.asarray(images, np.uint8)
+    values = images.astype(np.float32) * np.asarray(scale, np.float32) + np.asarray(offset, np.float32)
+    return quantize(values, dtype, (q_scale, zero_point))
+
+
+def quantize(values: Any, dtype: Any, quant: Tuple[float, int], sidecar: Optional[Dict[str, Any]] = None) -> Any:
+    """Real values -> integer tensor with the model's (scale, zero point), else the sidecar's.
+
+    Rounds ``values / scale`` half away from zero, then adds the zero point, as TFLite's QUANTIZE does.
+    """
+    import numpy as np
+
+    q_scale, zero_point = input_quantization(dtype, quant, sidecar)
     info = np.iinfo(dtype)
-    return np.clip(np.round(values / q_scale + zero_point), info.min, info.max).astype(dtype)
+    scaled = np.asarray(values, np.float32) / np.float32(q_scale)
+    rounded = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
+    return np.clip(rounded + zero_point, info.min, info.max).astype(dtype)
 
 
 def dequantize(raw: Any, quant: Tuple[float, int]) -> Any:

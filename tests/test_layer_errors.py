@@ -67,9 +67,12 @@ def test_advice_never_sends_a_qat_run_to_qat() -> None:
     report = le.LayerErrorReport("model_int8.onnx", "onnx", le.ErrorMetric.RMSE_PER_SCALE, "x", 4, (layer,))
     qat = le.advice(report, "qat")
     assert "qat" not in qat.replace("QAT model", "").replace("QAT ranges", "").replace("train QAT", "").lower()
-    assert "quantization-aware" not in qat
+    assert "quantization-aware" not in qat and "--keep-float" not in qat
     assert "edgeft qat" in le.advice(report, "ptq")
-    assert "--keep-float block_1_relu" in le.advice(report, "ptq")
+    assert "--keep-float auto" in le.advice(report, "ptq") and "--keep-float block_1_relu" in le.advice(report, "ptq")
+    assert "--keep-float auto" not in le.advice(report, "ptq", keep_float=True)
+    assert "percentile" in le.advice(report, "ptq")  # an ONNX artifact
+    assert le.summarize(report, "ptq")["layer_errors"] == "layer_errors_model_int8.onnx.json"
     assert le.keras_layers(layer.name) == ["block_1_relu", "block_1"]
     assert "block_1_relu 3.00" in le.summary_line(report)
     assert "--keep-float" not in le.advice(report, "ptq", edgetpu=True)

@@ -53,6 +53,9 @@ def test_qat_export_int8_keeps_trained_ranges(qat_run: Path, tmp_path: Path, mon
     assert [s["format"] + ":" + s["precision"] for s in report["skipped"]] == ["tflite:float32", "onnx:float32"]
     assert by_key[("tflite", "int8")]["agreement"] >= 0.9  # int8 TFLite computes what the QAT model computes
     assert by_key[("onnx", "int8")]["agreement"] >= 0.9
+    onnx_facts = json.loads((tmp_path / "model_int8.onnx.json").read_text())["onnx"]
+    assert "QAT ranges" in onnx_facts["converter"] and onnx_facts["qat_ranges_applied"] > 20  # the QAT model's own
+    assert onnx_facts["weight_type"] == "QInt8"
     assert read_tflite_metadata(tmp_path / "model_int8.tflite")["source"] == "qat"
 
 

@@ -10,7 +10,7 @@
   quantization adds, as a signal-to-quantization-noise ratio in dB; lower is worse) and, when
   the float model is given, against the float model's tensor (the accumulated error).
 
-:func:`write_layer_errors` writes ``<artifact>.layer_errors.json`` next to the artifact;
+:func:`write_layer_errors` writes ``layer_errors_<artifact>.json`` next to the artifact;
 :func:`summarize` gives the top layers and advice for the export report when an artifact fails
 ``--max-drop``. The same TFLite debugger also builds the int8 model with chosen layers kept in
 float (:func:`tflite_int8_keep_float`), for targets that run float ops on the CPU.
@@ -297,14 +297,79 @@ def auto_keep_float(report: LayerErrorReport, count: int = 3) -> list[str]:
     return [layer.name for layer in report.top(count)]
 
 
+@dataclass(frozen=True)
+class KeepFloat:
+    """What ``--keep-float`` resolved to: the TFLite tensors kept in float and their Keras layers."""
+
+    requested: tuple[str, ...]
+    tensors: tuple[str, ...]
+    layers: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (artifact metadata and the export report)."""
+        return {"requested": list(self.requested), "layers": list(self.layers), "tensors": list(self.tensors),
+                "ranked_by": "tf.lite.experimental.QuantizationDebugger RMSE/scale"}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "KeepFloat":
+        """Inverse of :meth:`to_dict`."""
+        return cls(tuple(data["requested"]), tuple(data["tensors"]), tuple(data["layers"]))
+
+
+def resolve_keep_float(model: Any, image_size: int, calibration: np.ndarray,
+                       preprocess: Callable[[np.ndarray], np.ndarray], requested: Sequence[str],
+                       auto_count: int = 3, debug_samples: int = 64) -> KeepFloat:
+    """``--keep-float auto`` (the ``auto_count`` worst layers of the TFLite report) or Keras layer names ->
+    the quantized tensors that carry them. An unknown layer name is a :class:`UsageError`."""
+    auto = list(requested) == ["auto"]
+    debug = calibration[: debug_samples if auto else 1]
+    report = tflite_layer_errors(model, image_size, calibration, debug, preprocess)
+    if auto:
+        tensors = auto_keep_float(report, auto_count)
+    else:
+        wanted = set(requested)
+        tensors = [layer.name for layer in report.layers if wanted & set(keras_layers(layer.name))]
+        found = {name for tensor in tensors for name in keras_layers(tensor)}
+        missing = [name for name in requested if name not in found]
+        if missing:
+            known = sorted({short_name(layer.name) for layer in report.layers})
+            raise UsageError(f"--keep-float: no quantized layer named {', '.join(missing)}; layers include "
+                             + ", ".join(known[:8]) + (", ..." if len(known) > 8 else ""))
+    layers = tuple(dict.fromkeys(name for tensor in tensors for name in keras_layers(tensor)))
+    return KeepFloat(tuple(requested), tuple(tensors), layers)
+
+
+def cached_keep_float(work_dir: Path, model: Any, image_size: int, calibration: np.ndarray,
+                      preprocess: Callable[[np.ndarray], np.ndarray], requested: Sequence[str],
+                      auto_count: int = 3) -> KeepFloat:
+    """:func:`resolve_keep_float`, resolved once per export (the TFLite and ONNX int8 artifacts share it)."""
+    import json
+
+    from edgeft.fileio import write_json_atomic
+
+    path = Path(work_dir) / "keep_float.json"
+    if path.is_file():
+        cached = KeepFloat.from_dict(json.loads(path.read_text("utf-8")))
+        if list(cached.requested) == list(requested):
+            return cached
+    resolved = resolve_keep_float(model, image_size, calibration, preprocess, requested, auto_count)
+    write_json_atomic(path, resolved.to_dict())
+    return resolved
+
+
 # --------------------------------------------------------------------------- report
 
 
+def layer_errors_filename(artifact: str) -> str:
+    """The per-layer report's file name for ``artifact`` (not ``<artifact>.json``: that is its sidecar)."""
+    return f"layer_errors_{artifact}.json"
+
+
 def write_layer_errors(report: LayerErrorReport, export_dir: Path) -> Path:
-    """Write ``<artifact>.layer_errors.json`` into ``export_dir`` (temporary name, then renamed)."""
+    """Write ``layer_errors_<artifact>.json`` into ``export_dir`` (temporary name, then renamed)."""
     from edgeft.fileio import write_json_atomic
 
-    path = Path(export_dir) / f"{report.artifact}.layer_errors.json"
+    path = Path(export_dir) / layer_errors_filename(report.artifact)
     write_json_atomic(path, report.to_dict())
     return path
 
@@ -315,28 +380,35 @@ def short_name(tensor_name: str) -> str:
     return layers[0] if layers else tensor_name
 
 
-def advice(report: LayerErrorReport, source: str, edgetpu: bool = False) -> str:
+def advice(report: LayerErrorReport, source: str, edgetpu: bool = False, keep_float: bool = False) -> str:
     """One sentence of what to try next for an int8 artifact that failed ``--max-drop``.
 
-    ``source`` is ``"ptq"`` or ``"qat"``: a QAT artifact is never told to "use QAT".
+    ``source`` is ``"ptq"`` or ``"qat"``: a QAT artifact is never told to "use QAT" (nor to keep layers in
+    float: its ranges come from training). The Edge TPU is never told to keep layers in float;
+    ``keep_float``: the artifact already keeps layers in float.
     """
-    names = ",".join(short_name(layer.name) for layer in report.top(2))
-    keep = "" if edgetpu else f"keep the worst layers in float (--keep-float {names}); "
     if source == "qat":
-        onnx = ("for ONNX, build the QDQ model from the QAT model's own ranges instead of the int8 TFLite; "
-                if report.format == "onnx" else "")
-        return (f"{onnx}{keep}train QAT longer or at a lower learning rate so the ranges settle "
-                "(the QAT ranges, not calibration, decide this artifact)")
-    calib = ("try --calib-method percentile or entropy; " if report.format == "onnx"
-             else "calibrate on more images that look like deployment data (--calib-dir); ")
-    return f"{calib}{keep}or fine-tune with quantization-aware training (edgeft qat)"
+        return ("train QAT longer or at a lower learning rate so the ranges settle (the QAT ranges, not "
+                "calibration, decide this artifact), or raise --max-drop")
+    names = ",".join(short_name(layer.name) for layer in report.top(2))
+    if edgetpu:
+        keep = ""
+    elif keep_float:
+        keep = f"keep more layers in float (--keep-float {names}, ...); "
+    else:
+        keep = f"keep the worst layers in float (--keep-float auto, or --keep-float {names}); "
+    calib = ("calibrate on more or other images that look like deployment data (--calib-size, --calib-dir)"
+             + (", or try --calib-method percentile" if report.format == "onnx" else "") + "; ")
+    return f"{keep}{calib}or fine-tune with quantization-aware training (edgeft qat)"
 
 
-def summarize(report: LayerErrorReport, source: str, edgetpu: bool = False, count: int = 5) -> dict[str, Any]:
+def summarize(report: LayerErrorReport, source: str, edgetpu: bool = False, count: int = 5,
+              keep_float: bool = False) -> dict[str, Any]:
     """The export report's entry for a failing artifact: its ``count`` worst layers and advice."""
-    return {"layer_errors": f"{report.artifact}.layer_errors.json", "metric": report.metric.value,
+    return {"layer_errors": layer_errors_filename(report.artifact), "metric": report.metric.value,
+            "method": report.method, "samples": report.samples,
             "top_layers": [layer.to_dict() for layer in report.top(count)],
-            "advice": advice(report, source, edgetpu)}
+            "summary": summary_line(report, count), "advice": advice(report, source, edgetpu, keep_float)}
 
 
 def summary_line(report: LayerErrorReport, count: int = 5) -> str:

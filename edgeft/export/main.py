@@ -14,7 +14,7 @@ import numpy as np
 from edgeft import targets as device
 from edgeft.calibration import CalibrationSet, calibration_for_run
 from edgeft.data.dataset import load_samples
-from edgeft.errors import OutputMatchError, RunDirError
+from edgeft.errors import EdgeftError, OutputMatchError, RunDirError, UsageError
 from edgeft.export.config import ExportConfig
 from edgeft.export.spec import ArtifactSpec, Precision, Source
 from edgeft.export.formats import EXPORTERS, ConversionJob, get_exporter, plan_artifacts
@@ -70,7 +70,7 @@ def main_export(config: ExportConfig) -> dict[str, Any]:
         export = open_export(config, folder.work)
         specs, skipped = plan(export)
         staged = stage(export, specs)
-        records = [export_artifact(export, spec, staged) for spec in specs]
+        records = [int8_facts(export, spec, staged, export_artifact(export, spec, staged)) for spec in specs]
         add_size_ratios(records)
         sweep = calibration_sweep(export, staged)
         report = build_report(export, staged, records, skipped, sweep, started)
@@ -110,6 +110,9 @@ def open_export(config: ExportConfig, work_dir: Path | None = None) -> Export:
 def plan(export: Export) -> tuple[list[ArtifactSpec], list[dict[str, str]]]:
     """The artifacts the registry plans for this run, logged."""
     manifest = export.run.manifest
+    if export.config.keep_float and manifest.kind == "qat":
+        raise UsageError("--keep-float applies to post-training int8 of a float run; a QAT run's int8 keeps "
+                         "the ranges it trained")
     specs, skipped = plan_artifacts(export.config, manifest.kind)
     for skip in skipped:
         log(f"skipping {skip['format']} {skip['precision']}: {skip['reason']}")
@@ -165,7 +168,8 @@ def conversion_job(export: Export, spec: ArtifactSpec, staged: Staged, output: P
         run_dir=str(export.run.path), format=spec.format, precision=spec.precision.value, source=spec.source.value,
         output=str(output), work_dir=str(export.work), calibration=staged.calibration_file,
         io_dtype=config.io_dtype.value, opset=config.opset, onnx_calib_method=config.onnx_calib_method,
-        onnx_weights=config.onnx_weights.value, metadata=metadata,
+        onnx_weights=config.onnx_weights_for(spec.source).value, metadata=metadata,
+        keep_float=config.keep_float if int8 and spec.source == Source.PTQ else (),
         **get_exporter(spec.format).job_inputs(export.out),
     )
 
@@ -200,6 +204,37 @@ def export_artifact(export: Export, spec: ArtifactSpec, staged: Staged) -> dict[
     log(f"  {spec.filename}: " + (", ".join(f for f in facts if f) or "written")
         + ("" if validation is not None else " (not validated on this host: no runtime runs it here)"))
     return record
+
+
+def int8_facts(export: Export, spec: ArtifactSpec, staged: Staged, record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with the int8 facts: the layers kept in float (from the sidecar) and, for an int8 artifact
+    that failed ``--max-drop``, the summary of its per-layer error report."""
+    import json
+
+    sidecar = Path(device.sidecar_path(str(export.out / spec.filename)))
+    metadata = json.loads(sidecar.read_text("utf-8")) if sidecar.is_file() else {}
+    record["keep_float"] = metadata.get("keep_float")
+    if record["passed"] is False and spec.precision == Precision.INT8:
+        record["layer_errors"] = layer_error_report(export, spec, staged, bool(record["keep_float"]))
+    return record
+
+
+def layer_error_report(export: Export, spec: ArtifactSpec, staged: Staged, keep_float: bool) -> dict[str, Any]:
+    """Write ``layer_errors_<artifact>.json`` for an int8 artifact that failed ``--max-drop``; its summary.
+
+    A report that cannot be made is recorded as ``{"error": ...}``: the accuracy failure stays the error.
+    """
+    log(f"  {spec.filename}: per-layer quantization error report")
+    task = {"task": "layer_errors", "format": spec.format, "model": str(export.run.model_path),
+            "artifact": str(export.out / spec.filename), "calibration": staged.calibration_file,
+            "image_size": export.run.manifest.image_size, "preprocessing": export.run.manifest.preprocessing.to_dict(),
+            "work": str(export.work), "out": str(export.out), "source": spec.source.value,
+            "accelerator": any(not EXPORTERS[name].float_layers_allowed for name in export.config.formats),
+            "keep_float": keep_float}
+    try:
+        return run_task(task, export, f"layer_errors_{spec.filename}")["summary"]
+    except EdgeftError as error:
+        return {"error": error.message}
 
 
 def artifact_record(config: ExportConfig, spec: ArtifactSpec, validation: Validation | None,
@@ -277,9 +312,17 @@ def fail_on_accuracy_drop(records: list[dict[str, Any]], json_path: Path) -> Non
     failed = [r for r in records if r["passed"] is False]
     if failed:
         worst = failed[0]
+        layers = worst.get("layer_errors") or {}
+        if layers.get("summary"):
+            hint = (f"{layers['summary']} (per-layer report: {json_path.parent / layers['layer_errors']}); "
+                    f"{layers['advice']}")
+        elif worst["precision"] == Precision.INT8.value and worst["source"] == Source.PTQ.value:
+            hint = "raise --max-drop, keep the worst layers in float (--keep-float auto), or use QAT"
+        else:
+            hint = "raise --max-drop"
         raise OutputMatchError(
             f"{worst['path']} lost {worst['accuracy_drop_pts']:.1f} accuracy points against Keras "
-            f"(allowed {worst['max_drop_pts']}); see {json_path} (raise --max-drop, or use QAT for int8)"
+            f"(allowed {worst['max_drop_pts']}); see {json_path}; {hint}"
         )
 
 

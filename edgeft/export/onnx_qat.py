@@ -151,7 +151,7 @@ def tensor_overrides(proto: Any, model_name: str, ranges: list[QatRange], input_
 
 def qat_qdq_onnx(qat_model: Any, float_model: Any, image_size: int, pixels: np.ndarray, preprocess: Any,
                  out_path: Path, opset: int = 17, weight_type: str = "uint8", input_name: str = "image",
-                 symmetric_weights: bool = True) -> dict[str, Any]:
+                 symmetric_weights: bool = True, float_out: Path | None = None) -> dict[str, Any]:
     """Write QDQ ONNX of a QAT run to ``out_path`` (a temporary name is the caller's concern); return facts.
 
     ``pixels``: uint8 calibration images for the tensors tfmot left without a range;
@@ -173,6 +173,8 @@ def qat_qdq_onnx(qat_model: Any, float_model: Any, image_size: int, pixels: np.n
     with tempfile.TemporaryDirectory(prefix="edgeft-qatonnx-") as tmp:
         float_path, prepared = Path(tmp) / "float.onnx", Path(tmp) / "prepared.onnx"
         onnx.save(proto, str(float_path))
+        if float_out is not None:
+            onnx.save(proto, str(float_out))
         try:
             quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
             present = {v.name for v in onnx.load(str(prepared)).graph.value_info} | {input_name} | {

@@ -69,6 +69,16 @@ def markdown(report: dict[str, Any]) -> str:
         exporter = EXPORTERS.get(a["format"])
         for note in exporter.report_notes(a) if exporter else []:
             lines += ["", note]
+    for a in report["artifacts"]:
+        kept = a.get("keep_float") or {}
+        if kept.get("layers"):
+            lines += ["", f"{a['path']} keeps in float ({', '.join(kept['requested'])}): {', '.join(kept['layers'])}."]
+        errors = a.get("layer_errors") or {}
+        if errors.get("summary"):
+            lines += ["", f"{a['path']} per-layer quantization error ({errors['layer_errors']}): "
+                      f"{errors['summary']}. Try: {errors['advice']}."]
+        elif errors.get("error"):
+            lines += ["", f"{a['path']}: no per-layer report ({errors['error']})."]
     for skip in report.get("skipped") or []:
         lines += ["", f"Not exported: {skip['format']} {skip['precision']}: {skip['reason']}."]
     if report.get("calibration"):

@@ -49,7 +49,33 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
         model = load_keras_model(Path(job.run_dir) / MODEL_FILE) if exporter.needs_keras_model(job) else None
         result = exporter.convert(job, model)
         return dict(result, ok=True)
+    if task["task"] == "layer_errors":
+        return layer_errors_task(task)
     raise ExportError(f"unknown worker task {task['task']!r}")
+
+
+def layer_errors_task(task: dict[str, Any]) -> dict[str, Any]:
+    """Per-layer error report of one int8 artifact, written to the export folder; its summary for the report."""
+    from edgeft.export import layer_errors as le
+    from edgeft.export.formats.tflite import load_calibration_pixels
+    from edgeft.preprocessing import Preprocessing
+    from edgeft.tfcompat import load_keras_model
+
+    pixels = load_calibration_pixels(task["calibration"])
+    preprocess = Preprocessing.from_dict(task["preprocessing"]).apply
+    name = Path(task["artifact"]).name
+    if task["format"] == "onnx":
+        from edgeft.export.formats.onnx import FLOAT_FOR_INT8
+
+        float_onnx = Path(task["work"]) / FLOAT_FOR_INT8
+        report = le.onnx_layer_errors(Path(task["artifact"]), pixels[:16], preprocess,
+                                      float_path=float_onnx if float_onnx.is_file() else None, artifact=name)
+    else:
+        model = load_keras_model(Path(task["model"]))
+        report = le.tflite_layer_errors(model, int(task["image_size"]), pixels, pixels[:64], preprocess, artifact=name)
+    le.write_layer_errors(report, Path(task["out"]))
+    return {"ok": True, "summary": le.summarize(report, task["source"], bool(task["accelerator"]),
+                                                keep_float=bool(task["keep_float"]))}
 
 
 def run_in_child(task: dict[str, Any], work_dir: Path, name: str) -> dict[str, Any]:

@@ -36,6 +36,7 @@ class ConversionJob:
     metadata: dict[str, Any]
     onnx_weights: str = "uint8"
     int8_tflite: str | None = None  # for Edge TPU: an existing full-integer model to compile/check
+    keep_float: tuple[str, ...] = ()  # ("auto",) or Keras layers kept in float (post-training int8 only)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -50,6 +51,7 @@ class Exporter:
     implies: tuple[Precision, ...] = ()  # precisions choosing this format adds to the export
     every_precision: bool = False  # planned for each of its precisions even when not asked for
     size_reference: str | None = None  # whose float32 file its size_ratio compares with (default: its own)
+    float_layers_allowed: bool = True  # False where a float op leaves the accelerator (no --keep-float)
 
     def filename(self, precision: Precision) -> str:
         """The file this exporter writes for ``precision``."""

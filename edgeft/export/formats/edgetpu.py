@@ -174,6 +174,8 @@ class EdgeTpuExporter(Exporter):
     Its artifacts run only with an Edge TPU attached: no device backend validates them on the host.
     """
 
+    float_layers_allowed = False  # a float op ends the part of the graph the Edge TPU runs
+
     format = Format.EDGETPU.value
     precisions = (Precision.INT8,)
     order = 30  # after TFLite int8, which it compiles

@@ -69,6 +69,19 @@ def convert_keras_to_tflite(model: Any, image_size: int, precision: Precision, p
         raise ExportError(f"TFLite {precision.value} conversion failed: {first[:200]}") from None
 
 
+def int8_keep_float(job: ConversionJob, model: Any, image_size: int, preprocessing: Any,
+                    ) -> tuple[bytes, dict[str, Any]]:
+    """Full-integer TFLite bytes with ``job.keep_float`` layers left in float, and what was kept."""
+    from edgeft.export.config import KEEP_FLOAT_AUTO_LAYERS
+    from edgeft.export.layer_errors import cached_keep_float, tflite_int8_keep_float
+
+    pixels = load_calibration_pixels(job.calibration)
+    kept = cached_keep_float(Path(job.work_dir), model, image_size, pixels, preprocessing.apply, job.keep_float,
+                             KEEP_FLOAT_AUTO_LAYERS)
+    data = tflite_int8_keep_float(model, image_size, pixels, preprocessing.apply, kept.tensors, job.io_dtype)
+    return data, kept.to_dict()
+
+
 def io_details(model_bytes: bytes) -> dict[str, Any]:
     """Input/output name, shape, dtype and quantization of a TFLite model (via the device layer's interpreter)."""
     from edgeft.targets import import_tflite
@@ -117,10 +130,16 @@ class TFLiteExporter(Exporter):
 
         precision = Precision(job.precision)
         preprocessing = Preprocessing.from_dict(job.metadata["preprocessing"])
-        raw = convert_keras_to_tflite(model, int(job.metadata["image_size"]), precision, preprocessing,
-                                      job.calibration, IODtype(job.io_dtype))
+        image_size = int(job.metadata["image_size"])
+        extra: dict[str, Any] = {}
+        if job.keep_float and precision == Precision.INT8 and job.source == "ptq":
+            raw, kept = int8_keep_float(job, model, image_size, preprocessing)
+            extra["keep_float"] = kept
+        else:
+            raw = convert_keras_to_tflite(model, image_size, precision, preprocessing, job.calibration,
+                                          IODtype(job.io_dtype))
         io = io_details(raw)
-        metadata = dict(job.metadata, **io)
+        metadata = dict(job.metadata, **io, **extra)
         data = embed_tflite_metadata(raw, metadata)
         write_bytes_atomic(Path(job.output), data)
         return {"metadata": metadata, "converter": "tf.lite.TFLiteConverter.from_concrete_functions"}
