@@ -120,7 +120,8 @@ def test_onnx_layer_errors_rank_by_sqnr(tiny_model: Any, pixels: np.ndarray, tmp
     import onnx
 
     from edgeft.export.config import OnnxWeights
-    from edgeft.export.formats.onnx import keras_to_onnx, quantize_onnx_static
+    from edgeft.export.formats.onnx import quantize_onnx_static
+    from edgeft.export.onnx_tools import keras_to_onnx
     from edgeft.preprocessing import Preprocessing
 
     float_path = tmp_path / "float.onnx"

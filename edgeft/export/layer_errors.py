@@ -222,7 +222,7 @@ def onnx_layer_errors(qdq_path: Path, pixels: np.ndarray, preprocess: Callable[[
     Ranked by the SQNR (dB) each tensor's own Q/DQ pair leaves; with ``float_path`` each row also
     carries ``xmodel_sqnr_db``, the SQNR against the float model's tensor (what has accumulated).
     """
-    from edgeft.export.formats.onnx import pixel_reader
+    from edgeft.export.onnx_tools import pixel_reader
     from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_activation_error,
                                                          create_activation_matching,
                                                          modify_model_output_intermediate_tensors)

@@ -163,7 +163,7 @@ def qat_qdq_onnx(qat_model: Any, float_model: Any, image_size: int, pixels: np.n
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from edgeft.export.formats.onnx import keras_to_onnx, pixel_reader
+    from edgeft.export.onnx_tools import keras_to_onnx, pixel_reader
 
     model = float_model_with_qat_weights(qat_model, float_model)
     proto = keras_to_onnx(model, image_size, opset)

@@ -36,48 +36,11 @@ from edgeft.errors import ExportError
 from edgeft.export.spec import Format, OnnxWeights, Precision
 from edgeft.export.formats import ConversionJob, Exporter, register
 from edgeft.export.formats.tflite import load_calibration_pixels
+from edgeft.export.onnx_tools import INPUT_NAME, first_line, keras_to_onnx, pixel_reader
 
 FILENAMES = {Precision.FLOAT32: "model_float32.onnx", Precision.INT8: "model_int8.onnx"}
-INPUT_NAME = "image"
 FLOAT_FOR_INT8 = "onnx_float_for_int8.onnx"  # in the work directory: the float graph an int8 model quantizes
 
-
-def _first_line(error: Exception) -> str:
-    return ((str(error).strip().splitlines() or [type(error).__name__])[0])[:200]
-
-
-def keras_to_onnx(model: Any, image_size: int, opset: int) -> Any:
-    """Convert a Keras model to an ``onnx.ModelProto`` with tf2onnx."""
-    import tf2onnx
-
-    from edgeft.tfcompat import tf
-
-    tfm = tf()
-    spec = (tfm.TensorSpec((None, image_size, image_size, 3), tfm.float32, name=INPUT_NAME),)
-    try:
-        proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
-    except Exception as error:
-        raise ExportError(f"ONNX conversion (tf2onnx, opset {opset}) failed: {_first_line(error)}") from None
-    return proto
-
-
-
-def pixel_reader(pixels: np.ndarray, preprocess: Any, input_name: str) -> Any:
-    """An onnxruntime calibration reader feeding ``preprocess(image)`` as float32, one uint8 image at a time."""
-    from onnxruntime.quantization import CalibrationDataReader
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.index = 0
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            if self.index >= pixels.shape[0]:
-                return None
-            batch = np.asarray(preprocess(pixels[self.index : self.index + 1]), dtype=np.float32)
-            self.index += 1
-            return {input_name: batch}
-
-    return Reader()
 
 def quantize_onnx_static(float_path: Path, out_path: Path, pixels: np.ndarray, preprocessing: Any,
                          method: str, weights: OnnxWeights = OnnxWeights.UINT8,
@@ -112,7 +75,7 @@ def quantize_onnx_static(float_path: Path, out_path: Path, pixels: np.ndarray, p
         except ExportError:
             raise
         except Exception as error:
-            raise ExportError(f"ONNX int8 quantization failed: {_first_line(error)}") from None
+            raise ExportError(f"ONNX int8 quantization failed: {first_line(error)}") from None
     return {"quant_format": "QDQ", "per_channel": True, "activation_type": "QUInt8",
             "weight_type": weight_type.name, "reduce_range": reduce_range,
             "calibrate_method": method, "float_nodes": len(excluded)}
@@ -238,7 +201,7 @@ class OnnxExporter(Exporter):
         try:
             onnx.checker.check_model(proto)
         except Exception as error:
-            raise ExportError(f"ONNX {precision.value} model fails onnx.checker: {_first_line(error)}") from None
+            raise ExportError(f"ONNX {precision.value} model fails onnx.checker: {first_line(error)}") from None
         with atomic_path(Path(job.output)) as temp:
             onnx.save(proto, str(temp))
         return {"metadata": metadata, "converter": info["converter"], "opset": job.opset, "checker": "passed"}
