@@ -49,7 +49,8 @@ def models() -> tuple[Any, Any, np.ndarray]:
     model.get_layer("predictions").set_weights([weights, -(features.mean(0) @ weights)])
     qat = quantize_flat_model(model)
     # what many QAT steps converge to: each range set to the float activations' own range
-    for variable in qat.get_layer("quantize_layer").weights:
+    input_quantizer = next(layer for layer in qat.layers if type(layer).__name__ == "QuantizeLayer")
+    for variable in input_quantizer.weights:
         if "_min" in variable.name or "_max" in variable.name:
             variable.assign(-1.0 if "_min" in variable.name else 1.0)
     for wrapper in qat.layers:

@@ -49,7 +49,9 @@ def qat_activation_ranges(qat_model: Any) -> list[QatRange]:
         variables = {w.name.split("/")[-1].split(":")[0]: w for w in layer.weights}
         kind = type(layer).__name__
         if kind == "QuantizeLayer":
-            low, high = variables.get("quantize_layer_min"), variables.get("quantize_layer_max")
+            # named after the layer ("quantize_layer_1_min" when a process built an earlier QAT model)
+            low = next((v for n, v in variables.items() if n.endswith("_min")), None)
+            high = next((v for n, v in variables.items() if n.endswith("_max")), None)
             if low is not None and high is not None:
                 ranges.append(QatRange(INPUT_RANGE, "output", float(np.asarray(low)), float(np.asarray(high))))
             continue
