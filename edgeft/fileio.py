@@ -6,6 +6,7 @@ A crash or Ctrl-C therefore leaves either the previous file or the new one, neve
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -99,3 +100,12 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "value"):
         return value.value
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

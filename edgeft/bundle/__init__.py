@@ -16,7 +16,6 @@ folder without a report falls back to the file name (``model_int8_edgetpu.tflite
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeft.errors import TargetError, UsageError
+from edgeft.fileio import sha256_file
 
 APP_FILES = ("app.py", "edgeft-app.service", "README.md")
 # Pillow is not one of the interpreter pins: the newest release for each device Python.
@@ -199,14 +199,6 @@ def _template(name: str) -> str:
     return resources.files("edgeft.bundle").joinpath("templates", name).read_text("utf-8")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def build_bundle(source: Path, target: str, out: Path, artifact: str | None = None,
                  from_bench: Path | None = None, labels: Path | None = None) -> dict[str, Any]:
     """Write APP_DIR ``out`` for ``target``; return what ``bundle.json`` records."""
@@ -245,7 +237,7 @@ def build_bundle(source: Path, target: str, out: Path, artifact: str | None = No
             (work / name).write_text(text, "utf-8")
         os.chmod(work / "app.py", 0o755)
         record = {"schema": "edgeft.bundle/1", "target": profile.name, "artifact": model.name,
-                  "source": str(model.resolve()), "sha256": _sha256(work / model.name),
+                  "source": str(model.resolve()), "sha256": sha256_file(work / model.name),
                   "chosen_by": _chosen_by(source, artifact, from_bench),
                   "from_bench": str(from_bench) if from_bench else None, "edgeft_version": __version__,
                   "files": sorted(p.name for p in work.iterdir()) + ["bundle.json"]}

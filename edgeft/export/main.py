@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import time
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from edgeft.export.formats import EXPORTERS, ConversionJob, get_exporter, plan_a
 from edgeft.export.metadata import base_metadata
 from edgeft.export.report import REPORT_JSON, SCHEMA, write_report
 from edgeft.export.validate import Reference, Validation, validate_artifact
-from edgeft.fileio import write_json_atomic
+from edgeft.fileio import sha256_file, write_json_atomic
 from edgeft.progress import log
 from edgeft.run.rundir import RunDir
 
@@ -185,7 +184,7 @@ def export_artifact(export: Export, spec: ArtifactSpec, staged: Staged) -> dict[
     convert_s = round(time.monotonic() - t0, 1)
     size = exporter.deployable_size(path, result)
     sidecar = dict(result.get("metadata", job.metadata), artifact=spec.filename, size_bytes=size,
-                   sha256=sha256(path) if path.is_file() else None,
+                   sha256=sha256_file(path) if path.is_file() else None,
                    keras_accuracy=staged.reference.accuracy, validation=None)
     has_sidecar = exporter.has_sidecar(result)
     if has_sidecar:
@@ -324,12 +323,3 @@ def fail_on_accuracy_drop(records: list[dict[str, Any]], json_path: Path) -> Non
             f"{worst['path']} lost {worst['accuracy_drop_pts']:.1f} accuracy points against Keras "
             f"(allowed {worst['max_drop_pts']}); see {json_path}; {hint}"
         )
-
-
-def sha256(path: Path) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
