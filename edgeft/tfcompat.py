@@ -71,7 +71,21 @@ def keras() -> ModuleType:
         import tf_keras
     except ImportError:
         raise MissingDependencyError(f"tf-keras is not installed; {_INSTALL_HINT}") from None
+    _enable_keras_v3_saving_in_this_thread()
     return tf_keras
+
+
+def _enable_keras_v3_saving_in_this_thread() -> None:
+    """tf-keras keeps "save .keras as a v3 zip" in a thread-local set only in the thread that imported it;
+    its save and load restore the flag to False in any other thread, after which ``model.save("x.keras")``
+    silently writes HDF5. finetune imports TensorFlow in a background thread while it decodes images."""
+    try:
+        from tf_keras.src.saving import saving_lib
+    except ImportError:  # a tf-keras without this module has no such flag
+        return
+    flag = getattr(saving_lib, "_SAVING_V3_ENABLED", None)
+    if flag is not None and not hasattr(flag, "value"):
+        flag.value = True
 
 
 def _make_output_config() -> type:

@@ -186,3 +186,29 @@ def test_registry_entries_build_and_split_into_blocks(name: str) -> None:
     model = build_classifier(spec, spec.default_alpha, 64, 3, None, 0.2)
     assert model.output_shape == (None, 3)
     assert count_blocks(model, spec) >= 4
+
+
+def test_keras_files_stay_v3_zips_when_tensorflow_was_imported_in_another_thread(tmp_path) -> None:
+    """finetune imports TensorFlow in a background thread; tf-keras then saves ``.keras`` as HDF5 after its
+    first save or load in the main thread unless edgeft keeps its v3 flag (run in a fresh interpreter)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import os, threading, zipfile
+        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+        from edgeft.tfcompat import keras
+        thread = threading.Thread(target=keras)
+        thread.start(); thread.join()
+        k = keras()
+        for name in ("first", "second"):
+            inputs = k.Input((4,))
+            path = os.path.join({str(tmp_path)!r}, name + ".keras")
+            k.Model(inputs, k.layers.Dense(2)(inputs)).save(path)
+            k.models.load_model(path)
+            print(name, zipfile.is_zipfile(path))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["first", "True", "second", "True"]

@@ -239,8 +239,8 @@ def write_run_dir(out: Path, model: Any, manifest: RunManifest, metrics: dict[st
                 with warnings.catch_warnings():  # Keras' "HDF5 is legacy" advice does not apply, as said above
                     warnings.filterwarnings("ignore", message="You are saving your model as an HDF5 file")
                     model.save(str(temp), save_format="h5")
-            else:
-                model.save(str(temp))
+            else:  # named, not inferred from ".keras": tf-keras infers from a thread-local flag
+                model.save(str(temp), save_format="keras_v3")
         write_text_atomic(out / LABELS_FILE, "\n".join(manifest.class_names) + "\n")
         write_text_atomic(out / HISTORY_FILE, history_csv(history))
     if "val" in metrics:
