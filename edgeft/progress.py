@@ -7,14 +7,20 @@ stays instant. Files (Markdown, CSV, JSON reports) are written elsewhere and nev
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Any, Iterable, Iterator, Sequence, TypeVar
 
 T = TypeVar("T")
 
+# Held by whoever points file descriptor 2 elsewhere for a while (TensorFlow's import, which finetune runs in
+# a thread while it decodes): a status line waits for it instead of vanishing into /dev/null.
+STDERR_LOCK = threading.RLock()
+
 
 def log(message: str) -> None:
     """Print one status line on stderr."""
-    print(message, file=sys.stderr, flush=True)
+    with STDERR_LOCK:
+        print(message, file=sys.stderr, flush=True)
 
 
 def track(items: Iterable[T], total: int, label: str) -> Iterator[T]:

@@ -43,12 +43,16 @@ def _native_stderr_silenced() -> Iterator[None]:
     except (OSError, AttributeError, ValueError):
         yield
         return
+    from edgeft.progress import STDERR_LOCK
+
     devnull = os.open(os.devnull, os.O_WRONLY)
+    STDERR_LOCK.acquire()
     try:
         os.dup2(devnull, 2)
         yield
     finally:
         os.dup2(saved, 2)
+        STDERR_LOCK.release()
         os.close(saved)
         os.close(devnull)
 
