@@ -79,7 +79,7 @@ def split_frozen_prefix(model: Any) -> FrozenSplit | None:
     return FrozenSplit(prefix, top, names, layers[first].name)
 
 
-class _Views:
+class StackedViews:
     """Training images, their horizontal flips (with ``flip``), then validation images, indexed as one array."""
 
     def __init__(self, train: np.ndarray, val: np.ndarray, flip: bool) -> None:
@@ -160,7 +160,7 @@ def compute_activations(split: FrozenSplit, train: np.ndarray, val: np.ndarray, 
         return [np.asarray(a, dtype=np.float32) for a in (outputs if isinstance(outputs, list) else [outputs])]
 
     if unflipped is None:
-        views = _Views(train, val, flip)
+        views = StackedViews(train, val, flip)
         return CachedActivations(tuple(run(views)), len(train), views.views)
     train_parts, val_parts = unflipped
     flipped = run(_Flipped(train)) if flip else [np.zeros((0, *a.shape[1:]), np.float32) for a in train_parts]

@@ -21,8 +21,8 @@ from edgeft.preprocessing import Preprocessing
 from edgeft.progress import log
 from edgeft.run.rundir import CHECKPOINT_DIR, MANIFEST_FILE, RUN_ARTIFACTS, RunManifest, write_run_dir
 from edgeft.run.timings import StepTimer
-from edgeft.training.activations import (SUPPORTED_AUGMENTATION, FrozenSplit, activation_dataset, cache_bytes,
-                                         compute_activations, default_budget_mb, split_frozen_prefix)
+from edgeft.training.activations import (SUPPORTED_AUGMENTATION, FrozenSplit, StackedViews, activation_dataset,
+                                         cache_bytes, compute_activations, default_budget_mb, split_frozen_prefix)
 from edgeft.training.checkpoints import CheckpointStore, PhaseState, TrainingState, make_epoch_callback
 from edgeft.training.config import Augmentation, Distribution, FinetuneConfig
 from edgeft.training.head import HeadTrainer, train_head
@@ -248,7 +248,7 @@ def _features(context: TrainingContext, model: Any) -> tuple[np.ndarray, np.ndar
     split = context.frozen_outputs.get("split")
     extra = list(split.prefix.outputs) if split is not None else []
     extractor = keras().Model(model.input, [model.get_layer("pool").output, *extra])
-    both = _Concatenated(train.images, val.images)
+    both = StackedViews(train.images, val.images, flip=False)
     dataset = image_dataset(both, None, context.preprocessing, context.config.batch_size)
     outputs = extractor.predict(dataset, verbose=0)
     outputs = outputs if isinstance(outputs, list) else [outputs]
@@ -263,24 +263,6 @@ def _features(context: TrainingContext, model: Any) -> tuple[np.ndarray, np.ndar
             with open(temp, "wb") as handle:
                 np.save(handle, part, allow_pickle=False)
     return parts
-
-
-class _Concatenated:
-    """Two uint8 image arrays indexed as one, without copying them into one."""
-
-    def __init__(self, first: np.ndarray, second: np.ndarray) -> None:
-        self.first, self.second = first, second
-        self.shape = (len(first) + len(second), *first.shape[1:])
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, indices: np.ndarray) -> np.ndarray:
-        count = len(self.first)
-        rows = np.empty((len(indices), *self.shape[1:]), dtype=self.first.dtype)
-        for slot, index in enumerate(indices):
-            rows[slot] = self.first[index] if index < count else self.second[index - count]
-        return rows
 
 
 PHASE_STEPS = {"head": "head_training", "fine_tune": "fine_tuning", "scratch": "training"}
