@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from edgeft.errors import ExportError, UsageError
+from edgeft.export.onnx_tools import first_line
 
 SCHEMA = "edgeft.layer_errors/1"
 
@@ -153,7 +154,7 @@ def _debugger(converter: Any, pixels: np.ndarray, preprocess: Callable[[np.ndarr
         return tfm.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=debug_data,
                                                           debug_options=options)
     except Exception as error:  # the converter raises many types
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        first = first_line(error)
         raise ExportError(f"TFLite quantization debugger failed: {first}") from None
 
 
@@ -167,7 +168,7 @@ def tflite_layer_errors(model: Any, image_size: int, calibration: np.ndarray, de
     try:
         debugger.run()
     except Exception as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        first = first_line(error)
         raise ExportError(f"TFLite quantization debugger failed: {first}") from None
     buffer = io.StringIO()
     debugger.layer_statistics_dump(buffer)
@@ -192,7 +193,7 @@ def tflite_int8_keep_float(model: Any, image_size: int, calibration: np.ndarray,
     try:
         data = bytes(debugger.get_nondebug_quantized_model())
     except Exception as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        first = first_line(error)
         raise ExportError(f"TFLite int8 conversion with float layers failed: {first}") from None
     if io_dtype == "float32":
         return data
@@ -241,7 +242,7 @@ def onnx_layer_errors(qdq_path: Path, pixels: np.ndarray, preprocess: Callable[[
                                                  execution_providers=["CPUExecutionProvider"])
             errors = compute_activation_error(create_activation_matching(qdq_acts, float_acts))
     except Exception as error:  # onnxruntime raises many types
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        first = first_line(error)
         raise ExportError(f"ONNX per-layer error report failed: {first}") from None
     producers = _onnx_producers(qdq_path)
     layers = []

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from edgeft.errors import ExportError, QuantizationError
+from edgeft.export.onnx_tools import first_line
 
 INPUT_RANGE = "__input__"
 _MOVES_VALUES = ("Transpose", "Pad", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity")
@@ -189,7 +190,7 @@ def qat_qdq_onnx(qat_model: Any, float_model: Any, image_size: int, pixels: np.n
                             extra_options={"CalibTensorRangeSymmetric": False, "TensorQuantOverrides": table,
                                            "WeightSymmetric": symmetric_weights})
         except Exception as error:  # onnxruntime raises many types
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+            first = first_line(error)
             raise ExportError(f"ONNX int8 quantization with the QAT ranges failed: {first}") from None
     return {"converter": "QAT weights -> tf2onnx float -> onnxruntime quantize_static (QDQ, QAT ranges)",
             "qat_ranges": len(overrides), "qat_ranges_applied": len(table), "weight_type": weights.name,
