@@ -137,3 +137,13 @@ def test_onnx_layer_errors_rank_by_sqnr(tiny_model: Any, pixels: np.ndarray, tmp
     nodes = le.onnx_nodes_for_tensors(float_path, [report.layers[0].name])
     assert all(isinstance(n, str) for n in nodes)
     assert "SQNR dB" in le.summary_line(report)
+
+
+def test_keep_float_with_an_unknown_layer_name_is_one_line_naming_the_layers(tiny_model: Any,
+                                                                             pixels: np.ndarray) -> None:
+    from edgeft.errors import UsageError
+
+    expected = r"^--keep-float: no quantized layer named block_99_relu; layers include "
+    with pytest.raises(UsageError, match=expected) as info:
+        le.resolve_keep_float(tiny_model, SIZE, pixels, _preprocess, ["block_99_relu"])
+    assert "\n" not in str(info.value) and "dw" in str(info.value)
