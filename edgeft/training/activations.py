@@ -192,3 +192,123 @@ def activation_dataset(cache: CachedActivations, labels: np.ndarray, batch_size:
     dataset = t.data.Dataset.range(count).shuffle(count, seed=seed, reshuffle_each_iteration=True)
     # Sequential map: the flip draws then follow the batch order, so a seed repeats a run exactly.
     return dataset.batch(batch_size).map(load).prefetch(t.data.AUTOTUNE)
+
+
+class TopTrainer:
+    """Trains the unfrozen top on cached activations with one traced step, as Keras' ``fit`` trains it.
+
+    ``fit`` spends per batch a tf.data round trip through ``numpy_function``, callbacks and
+    metric objects, several times the top's own forward and backward at 7x7 pixels; this loop
+    feeds the step numpy batches and traces it once (batch dimension left open). The step is
+    Keras' train step: the compiled loss (sparse categorical cross-entropy, class weights as
+    sample weights, averaged over the batch) plus the layers' losses, Adam with Keras' defaults;
+    the logs are Keras' (``loss`` the sample-weighted epoch mean of the batch losses, accuracy
+    unweighted). Each epoch draws its order and its views from ``(seed, epoch)``, so a resumed
+    run repeats an uninterrupted one. It has the part of a Keras model's interface the
+    checkpoint callback and the cached evaluation use (``save_weights``, ``load_weights``,
+    ``stop_training``, ``predict``).
+    """
+
+    def __init__(self, top: Any, learning_rate: float, seed: int) -> None:
+        from edgeft.tfcompat import keras, tf
+
+        t, k = tf(), keras()
+        self.top, self.seed = top, seed
+        self.stop_training = False
+        optimizer = k.optimizers.Adam(learning_rate)
+        loss_function = k.losses.SparseCategoricalCrossentropy(reduction="none")
+        specs = [t.TensorSpec((None, *shape[1:]), t.float32) for shape in _input_shapes(top)]
+        label_spec = t.TensorSpec((None,), t.int32)
+
+        def call(inputs: list[Any], training: bool) -> Any:
+            return top(inputs if len(inputs) > 1 else inputs[0], training=training)
+
+        def correct(labels: Any, probabilities: Any) -> Any:
+            return t.reduce_sum(t.cast(t.equal(t.argmax(probabilities, 1, output_type=t.int32), labels), t.float32))
+
+        @t.function(input_signature=[specs, label_spec, t.TensorSpec((None,), t.float32)])
+        def train_step(inputs: list[Any], labels: Any, weights: Any) -> tuple[Any, Any]:
+            variables = top.trainable_variables
+            with t.GradientTape() as tape:
+                probabilities = call(inputs, True)
+                samples = loss_function(labels, probabilities)
+                loss = t.reduce_sum(samples * weights) / t.cast(t.size(labels), t.float32)
+                if top.losses:
+                    loss += t.add_n(top.losses)
+            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            return loss, correct(labels, probabilities)
+
+        @t.function(input_signature=[specs, label_spec])
+        def evaluate_step(inputs: list[Any], labels: Any) -> tuple[Any, Any]:
+            probabilities = call(inputs, False)
+            return t.reduce_sum(loss_function(labels, probabilities)), correct(labels, probabilities)
+
+        @t.function(input_signature=[specs])
+        def predict_step(inputs: list[Any]) -> Any:
+            return call(inputs, False)
+
+        self._train_step, self._evaluate_step, self._predict_step = train_step, evaluate_step, predict_step
+
+    def fit_epoch(self, cache: CachedActivations, labels: np.ndarray, batch_size: int, epoch: int,
+                  class_weight: dict[int, float] | None = None) -> dict[str, float]:
+        """One epoch over the training rows in a shuffled order, one view per image; returns Keras' logs."""
+        count = cache.train_count
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(count)
+        rows = order + count * rng.integers(0, 2, count) if cache.views == 2 else order
+        labels = np.asarray(labels, np.int32)
+        weights = (np.asarray([class_weight.get(int(label), 1.0) for label in labels], np.float32)
+                   if class_weight else np.ones(count, np.float32))
+        total_loss = correct = 0.0
+        for start in range(0, count, batch_size):
+            batch = order[start:start + batch_size]
+            loss, right = self._train_step([array[rows[start:start + batch_size]] for array in cache.arrays],
+                                           labels[batch], weights[batch])
+            total_loss += float(loss) * len(batch)
+            correct += float(right)
+        return {"loss": total_loss / count, "accuracy": correct / count}
+
+    def evaluate(self, inputs: Any, labels: np.ndarray, batch_size: int) -> dict[str, float]:
+        """Mean cross-entropy and accuracy on cached inputs, inference mode."""
+        arrays = inputs if isinstance(inputs, list) else [inputs]
+        labels = np.asarray(labels, np.int32)
+        total_loss = correct = 0.0
+        for start in range(0, len(labels), batch_size):
+            loss, right = self._evaluate_step([array[start:start + batch_size] for array in arrays],
+                                              labels[start:start + batch_size])
+            total_loss += float(loss)
+            correct += float(right)
+        return {"loss": total_loss / max(len(labels), 1), "accuracy": correct / max(len(labels), 1)}
+
+    def predict(self, inputs: Any, batch_size: int = 32, verbose: int = 0) -> np.ndarray:
+        """Class probabilities on cached inputs, inference mode."""
+        arrays = inputs if isinstance(inputs, list) else [inputs]
+        parts = [np.asarray(self._predict_step([array[start:start + batch_size] for array in arrays]))
+                 for start in range(0, len(arrays[0]), batch_size)]
+        return np.concatenate(parts).astype(np.float32)
+
+    def save_weights(self, path: str) -> None:
+        """The top's weights (HDF5), as Keras' ``save_weights``."""
+        self.top.save_weights(path)
+
+    def load_weights(self, path: str) -> None:
+        self.top.load_weights(path)
+
+
+def _input_shapes(model: Any) -> list[tuple[Any, ...]]:
+    shapes = model.input_shape
+    return list(shapes) if isinstance(shapes, list) else [shapes]
+
+
+def train_top(trainer: TopTrainer, callback: Any, cache: CachedActivations, labels: np.ndarray,
+              val_labels: np.ndarray, batch_size: int, epochs: int, initial_epoch: int,
+              class_weight: dict[int, float] | None) -> None:
+    """Epochs ``initial_epoch..epochs-1``, each followed by ``callback.on_epoch_end`` (checkpoints, early stop)."""
+    callback.set_model(trainer)
+    validation = cache.validation()
+    for epoch in range(initial_epoch, epochs):
+        logs = trainer.fit_epoch(cache, labels, batch_size, epoch, class_weight)
+        logs.update({f"val_{key}": value for key, value in trainer.evaluate(validation, val_labels, batch_size).items()})
+        callback.on_epoch_end(epoch, logs)
+        if trainer.stop_training:
+            break

@@ -21,8 +21,9 @@ from edgeft.preprocessing import Preprocessing
 from edgeft.progress import log
 from edgeft.run.rundir import CHECKPOINT_DIR, MANIFEST_FILE, RUN_ARTIFACTS, RunManifest, write_run_dir
 from edgeft.run.timings import StepTimer
-from edgeft.training.activations import (SUPPORTED_AUGMENTATION, FrozenSplit, StackedViews, activation_dataset,
-                                         cache_bytes, compute_activations, default_budget_mb, split_frozen_prefix)
+from edgeft.training.activations import (SUPPORTED_AUGMENTATION, FrozenSplit, StackedViews, TopTrainer,
+                                         activation_dataset, cache_bytes, compute_activations, default_budget_mb,
+                                         split_frozen_prefix, train_top)
 from edgeft.training.checkpoints import CheckpointStore, PhaseState, TrainingState, make_epoch_callback
 from edgeft.training.config import Augmentation, Distribution, FinetuneConfig
 from edgeft.training.head import HeadTrainer, train_head
@@ -399,17 +400,24 @@ def _fit_top_on_activations(context: TrainingContext, index: int, phase: Phase, 
         cache = compute_activations(split, train.images, val.images, context.preprocessing, config.batch_size,
                                     flip=config.augment, unflipped=unflipped)
     reuse.clear()
-    with context.strategy.scope():
-        _compile(split.top, phase.learning_rate)
     # Checkpoints hold the top's weights only (the frozen part does not change): a fraction of the layers.
     epochs_done = _resume_weights(context, index, split.top)
     callback = make_epoch_callback(store, context.state, index, split.top, config.patience, _epoch_logger(phase))
-    split.top.fit(activation_dataset(cache, train.labels, config.batch_size, config.seed),
-                  validation_data=(cache.validation(), val.labels), validation_batch_size=config.batch_size,
-                  epochs=phase.epochs, initial_epoch=epochs_done, class_weight=weights, callbacks=[callback],
-                  verbose=0)
-    context.cached_evaluations[index] = CachedEvaluation(split.top, cache.validation(), "cached activations")
-    return split.top
+    if config.mixed_precision or config.distribute is not Distribution.NONE:
+        # Loss scaling and per-replica steps: Keras' fit does both.
+        with context.strategy.scope():
+            _compile(split.top, phase.learning_rate)
+        split.top.fit(activation_dataset(cache, train.labels, config.batch_size, config.seed),
+                      validation_data=(cache.validation(), val.labels), validation_batch_size=config.batch_size,
+                      epochs=phase.epochs, initial_epoch=epochs_done, class_weight=weights, callbacks=[callback],
+                      verbose=0)
+        trained: Any = split.top
+    else:
+        trained = TopTrainer(split.top, phase.learning_rate, config.seed)
+        train_top(trained, callback, cache, train.labels, val.labels, config.batch_size, phase.epochs, epochs_done,
+                  weights)
+    context.cached_evaluations[index] = CachedEvaluation(trained, cache.validation(), "cached activations")
+    return trained
 
 
 def _fit_model(context: TrainingContext, index: int, phase: Phase, model: Any, done: bool) -> Any:
