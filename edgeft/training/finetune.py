@@ -255,6 +255,7 @@ def _features(context: TrainingContext, model: Any) -> tuple[np.ndarray, np.ndar
     outputs = outputs if isinstance(outputs, list) else [outputs]
     count = len(train.labels)
     if extra:  # the cached fine-tuning phase's activations of these images, from the same pass
+        context.frozen_outputs["extractor"] = extractor
         context.frozen_outputs["train"] = [np.asarray(a[:count], np.float32) for a in outputs[1:]]
         context.frozen_outputs["val"] = [np.asarray(a[count:], np.float32) for a in outputs[1:]]
     features = np.asarray(outputs[0], np.float32)
@@ -398,22 +399,23 @@ def _fit_top_on_activations(context: TrainingContext, index: int, phase: Phase, 
     unflipped = (reuse["train"], reuse["val"]) if reuse.get("split") is split and "train" in reuse else None
     with context.timer.step("activation_pass"):
         cache = compute_activations(split, train.images, val.images, context.preprocessing, config.batch_size,
-                                    flip=config.augment, unflipped=unflipped)
+                                    flip=config.augment, unflipped=unflipped,
+                                    extractor=reuse.get("extractor") if unflipped is not None else None)
     reuse.clear()
+    # Loss scaling and per-replica steps: Keras' fit does both.
+    keras_fit = config.mixed_precision or config.distribute is not Distribution.NONE
+    trained: Any = split.top if keras_fit else TopTrainer(split.top, split.boundary, phase.learning_rate, config.seed)
     # Checkpoints hold the top's weights only (the frozen part does not change): a fraction of the layers.
-    epochs_done = _resume_weights(context, index, split.top)
-    callback = make_epoch_callback(store, context.state, index, split.top, config.patience, _epoch_logger(phase))
-    if config.mixed_precision or config.distribute is not Distribution.NONE:
-        # Loss scaling and per-replica steps: Keras' fit does both.
+    epochs_done = _resume_weights(context, index, trained)
+    callback = make_epoch_callback(store, context.state, index, trained, config.patience, _epoch_logger(phase))
+    if keras_fit:
         with context.strategy.scope():
             _compile(split.top, phase.learning_rate)
         split.top.fit(activation_dataset(cache, train.labels, config.batch_size, config.seed),
                       validation_data=(cache.validation(), val.labels), validation_batch_size=config.batch_size,
                       epochs=phase.epochs, initial_epoch=epochs_done, class_weight=weights, callbacks=[callback],
                       verbose=0)
-        trained: Any = split.top
     else:
-        trained = TopTrainer(split.top, phase.learning_rate, config.seed)
         train_top(trained, callback, cache, train.labels, val.labels, config.batch_size, phase.epochs, epochs_done,
                   weights)
     context.cached_evaluations[index] = CachedEvaluation(trained, cache.validation(), "cached activations")
