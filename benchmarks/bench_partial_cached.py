@@ -5,9 +5,11 @@ ImageNet weights), image size, blocks unfrozen (the top 3 and the trailing 1x1 c
 frozen), learning rates, augmentation (horizontal flip) and epochs. Both first train the head
 with the backbone frozen; the figure compared is the fine-tuning phase:
 
-- edgeft: ``finetune --strategy partial``: one pass of the frozen part over every training
-  image, its flip and every validation image, then only the top trains on those activations
-  (``activation_pass`` + ``fine_tuning`` of its timings).
+- edgeft: ``finetune --strategy partial``: the frozen part's outputs for the training and
+  validation images come from the head phase's backbone pass; the fine-tune phase computes
+  those of the flips (``activation_pass``), then trains only the top on the cached activations
+  with one traced step, its frozen BatchNorms folded into the convolutions before them
+  (``fine_tuning``).
 - plain Keras: the whole model in ``fit`` every epoch on images with a RandomFlip layer in
   the input pipeline, as a user would write it.
 
