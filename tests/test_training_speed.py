@@ -291,3 +291,29 @@ def test_top_trainer_trains_as_keras_fit(fold: bool) -> None:
         np.testing.assert_allclose(mine, reference, rtol=1e-3, atol=1e-5)
     np.testing.assert_allclose(trainer.predict(cache.validation()), theirs.top.predict(cache.validation(), verbose=0),
                                atol=1e-5)
+
+
+@pytest.mark.parametrize("name, folds", [("efficientnet_b0", 7), ("mobilenet_v3_small", None)])
+def test_folding_reads_other_backbones_or_declines(name: str, folds: int | None) -> None:
+    """EfficientNet's top (squeeze-excite, swish) folds with the same outputs; MobileNetV3's wrapped TensorFlow
+    ops (``x + 3.0`` in hard-swish) keep arguments the folded pass would not repeat, so it declines."""
+    from edgeft.backbones import get_backbone
+    from edgeft.tfcompat import tf
+    from edgeft.training.activations import folded_forward, split_frozen_prefix
+    from edgeft.training.model import build_classifier, set_trainable
+    from edgeft.training.phases import Trainable
+
+    spec = get_backbone(name)
+    model = build_classifier(spec, spec.default_alpha, 32, 3, None, 0.0)
+    set_trainable(model, spec, Trainable.TOP_BLOCKS, 2, False)
+    split = split_frozen_prefix(model)
+    folded = folded_forward(split.top, split.boundary)
+    if folds is None:
+        assert folded is None
+        return
+    assert folded is not None and folded.count == folds
+    inputs = split.prefix.predict(np.random.default_rng(0).uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32),
+                                  verbose=0)
+    inputs = inputs if isinstance(inputs, list) else [inputs]
+    np.testing.assert_allclose(folded([tf().constant(x) for x in inputs], False).numpy(),
+                               split.top(inputs if len(inputs) > 1 else inputs[0], training=False).numpy(), atol=1e-5)

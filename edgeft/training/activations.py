@@ -385,7 +385,7 @@ def folded_forward(top: Any, boundary: tuple[str, ...]) -> FoldedForward | None:
     consumers: dict[str, int] = {}
     try:
         for layer in layers:
-            if isinstance(layer.output, (list, tuple)):
+            if isinstance(layer.output, (list, tuple)) or not all(_plain_call(node) for node in layer._inbound_nodes):
                 return None
             sources[layer.name] = nest.map_structure(lambda tensor: tensor._keras_history.layer.name, layer.input)
             for producer in nest.flatten(sources[layer.name]):
@@ -411,6 +411,22 @@ def folded_forward(top: Any, boundary: tuple[str, ...]) -> FoldedForward | None:
     if not folds:
         return None
     return FoldedForward(layers, folds, sources, boundary, output)
+
+
+def _plain_call(node: Any) -> bool:
+    """True when the layer was called on its input tensors alone (``training``/``mask`` aside): a wrapped
+    TensorFlow op (``x + 3.0``, ``tf.nn.relu6``) keeps its other arguments in the node, which the
+    folded pass would not repeat."""
+    args, kwargs = getattr(node, "call_args", None), getattr(node, "call_kwargs", None)
+    if args is None or kwargs is None or len(args) != 1 or not set(kwargs) <= {"training", "mask"}:
+        return False
+    return all(hasattr(item, "_keras_history") for item in _flatten(args[0]))
+
+
+def _flatten(structure: Any) -> list[Any]:
+    from edgeft.tfcompat import tf
+
+    return tf().nest.flatten(structure)
 
 
 def _linear() -> Any:
