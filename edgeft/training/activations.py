@@ -8,6 +8,9 @@ the validation split), held in memory, and only the unfrozen top trains on it. T
 second Keras model over the same layer objects as the full classifier, so training it trains
 the classifier: the saved model is the full model, with the same outputs.
 
+The top trains in :class:`TopTrainer`'s traced step, with its frozen BatchNorms folded into the
+convolutions before them (:func:`folded_forward`).
+
 Augmentation on this path is horizontal flip only (each epoch picks one of the two cached views
 per image); rotation, zoom and contrast change every pixel each epoch and need the images.
 """
