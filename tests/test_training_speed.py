@@ -207,3 +207,113 @@ def test_numpy_head_trains_as_keras_does() -> None:
     for ours, theirs in zip(head.weights(), dense.get_weights()):
         np.testing.assert_allclose(ours, theirs, atol=1e-5)
     np.testing.assert_allclose(head.predict(features), dense.predict(features, verbose=0), atol=1e-5)
+
+
+def _small_top(unfreeze: int = 2, seed: int = 0) -> Any:
+    """A 32 px MobileNetV2 0.35 classifier (no dropout) cut below its top blocks, BatchNorm statistics made
+    non-trivial (a fresh BatchNorm is the identity, which folding would leave unchanged)."""
+    from edgeft.backbones import get_backbone
+    from edgeft.tfcompat import keras
+    from edgeft.training.activations import split_frozen_prefix
+    from edgeft.training.model import build_classifier, is_batchnorm, set_trainable
+    from edgeft.training.phases import Trainable
+
+    keras().utils.set_random_seed(seed)
+    spec = get_backbone("mobilenet_v2")
+    model = build_classifier(spec, 0.35, 32, 3, None, 0.0)
+    set_trainable(model, spec, Trainable.TOP_BLOCKS, unfreeze, False)
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if is_batchnorm(layer):
+            gamma, beta, mean, variance = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.2, beta.shape),
+                               rng.normal(0, 0.2, mean.shape), rng.uniform(0.5, 2.0, variance.shape)])
+    return split_frozen_prefix(model)
+
+
+def test_folded_batchnorm_top_gives_the_tops_outputs_and_gradients() -> None:
+    from edgeft.tfcompat import tf
+    from edgeft.training.activations import folded_forward
+
+    t = tf()
+    split = _small_top()
+    folded = folded_forward(split.top, split.boundary)
+    assert folded is not None and folded.count == 7  # expand, depthwise, project of two blocks, and Conv_1
+    inputs = split.prefix.predict(np.random.default_rng(1).uniform(-1, 1, (6, 32, 32, 3)).astype(np.float32),
+                                  verbose=0)
+    labels = t.constant([0, 1, 2, 0, 1, 2])
+    results = []
+    for forward in (lambda x: split.top(x, training=True), lambda x: folded([x], True)):
+        with t.GradientTape() as tape:
+            probabilities = forward(t.constant(inputs))
+            loss = t.reduce_mean(-t.math.log(t.gather(probabilities, labels, batch_dims=1)))
+        results.append((probabilities.numpy(), tape.gradient(loss, split.top.trainable_variables)))
+    (plain, plain_gradients), (ours, our_gradients) = results
+    np.testing.assert_allclose(ours, plain, atol=1e-5)
+    assert len(plain_gradients) == len(our_gradients) == len(split.top.trainable_variables) == 9  # 7 kernels, dense
+    for theirs, mine in zip(plain_gradients, our_gradients):
+        np.testing.assert_allclose(mine.numpy(), theirs.numpy(), rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("fold", [True, False])
+def test_top_trainer_trains_as_keras_fit(fold: bool) -> None:
+    """Same start, same batches, same views: the traced step and Keras' fit end with the same weights and logs."""
+    from edgeft.tfcompat import keras
+    from edgeft.training.activations import CachedActivations, TopTrainer
+
+    k = keras()
+    ours, theirs = _small_top(seed=3), _small_top(seed=3)
+    theirs.top.set_weights(ours.top.get_weights())
+    rng = np.random.default_rng(2)
+    count = 21
+    arrays = ours.prefix.predict(rng.uniform(-1, 1, (2 * count + 9, 32, 32, 3)).astype(np.float32), verbose=0)
+    cache = CachedActivations((arrays,), count, 2)
+    labels = rng.integers(0, 3, count).astype(np.int32)
+    val_labels = rng.integers(0, 3, 9).astype(np.int32)
+    weights = {0: 1.0, 1: 2.0, 2: 0.5}
+    trainer = TopTrainer(ours.top, ours.boundary, 1e-3, seed=4, fold_batchnorm=fold)
+    assert trainer.folded_batchnorms == (7 if fold else 0)
+    theirs.top.compile(optimizer=k.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
+                       metrics=["accuracy"])
+    for epoch in range(2):
+        draw = np.random.default_rng([4, epoch])
+        order = draw.permutation(count)
+        rows = order + count * draw.integers(0, 2, count)
+        logs = trainer.fit_epoch(cache, labels, 8, epoch, class_weight=weights)
+        history = theirs.top.fit(arrays[rows], labels[order], batch_size=8, epochs=1, shuffle=False, verbose=0,
+                                 class_weight=weights, validation_data=(cache.validation(), val_labels))
+        assert logs["loss"] == pytest.approx(history.history["loss"][0], rel=1e-3)
+        assert logs["accuracy"] == pytest.approx(history.history["accuracy"][0])
+        validation = trainer.evaluate(cache.validation(), val_labels)
+        assert validation["loss"] == pytest.approx(history.history["val_loss"][0], rel=1e-3)
+        assert validation["accuracy"] == pytest.approx(history.history["val_accuracy"][0])
+    for mine, reference in zip(ours.top.get_weights(), theirs.top.get_weights()):
+        np.testing.assert_allclose(mine, reference, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(trainer.predict(cache.validation()), theirs.top.predict(cache.validation(), verbose=0),
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("name, folds", [("efficientnet_b0", 7), ("mobilenet_v3_small", None)])
+def test_folding_reads_other_backbones_or_declines(name: str, folds: int | None) -> None:
+    """EfficientNet's top (squeeze-excite, swish) folds with the same outputs; MobileNetV3's wrapped TensorFlow
+    ops (``x + 3.0`` in hard-swish) keep arguments the folded pass would not repeat, so it declines."""
+    from edgeft.backbones import get_backbone
+    from edgeft.tfcompat import tf
+    from edgeft.training.activations import folded_forward, split_frozen_prefix
+    from edgeft.training.model import build_classifier, set_trainable
+    from edgeft.training.phases import Trainable
+
+    spec = get_backbone(name)
+    model = build_classifier(spec, spec.default_alpha, 32, 3, None, 0.0)
+    set_trainable(model, spec, Trainable.TOP_BLOCKS, 2, False)
+    split = split_frozen_prefix(model)
+    folded = folded_forward(split.top, split.boundary)
+    if folds is None:
+        assert folded is None
+        return
+    assert folded is not None and folded.count == folds
+    inputs = split.prefix.predict(np.random.default_rng(0).uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32),
+                                  verbose=0)
+    inputs = inputs if isinstance(inputs, list) else [inputs]
+    np.testing.assert_allclose(folded([tf().constant(x) for x in inputs], False).numpy(),
+                               split.top(inputs if len(inputs) > 1 else inputs[0], training=False).numpy(), atol=1e-5)

@@ -21,8 +21,9 @@ from edgeft.preprocessing import Preprocessing
 from edgeft.progress import log
 from edgeft.run.rundir import CHECKPOINT_DIR, MANIFEST_FILE, RUN_ARTIFACTS, RunManifest, write_run_dir
 from edgeft.run.timings import StepTimer
-from edgeft.training.activations import (SUPPORTED_AUGMENTATION, FrozenSplit, StackedViews, activation_dataset,
-                                         cache_bytes, compute_activations, default_budget_mb, split_frozen_prefix)
+from edgeft.training.activations import (SUPPORTED_AUGMENTATION, FrozenSplit, StackedViews, TopTrainer,
+                                         activation_dataset, cache_bytes, compute_activations, default_budget_mb,
+                                         split_frozen_prefix, train_top)
 from edgeft.training.checkpoints import CheckpointStore, PhaseState, TrainingState, make_epoch_callback
 from edgeft.training.config import Augmentation, Distribution, FinetuneConfig
 from edgeft.training.head import HeadTrainer, train_head
@@ -254,6 +255,7 @@ def _features(context: TrainingContext, model: Any) -> tuple[np.ndarray, np.ndar
     outputs = outputs if isinstance(outputs, list) else [outputs]
     count = len(train.labels)
     if extra:  # the cached fine-tuning phase's activations of these images, from the same pass
+        context.frozen_outputs["extractor"] = extractor
         context.frozen_outputs["train"] = [np.asarray(a[:count], np.float32) for a in outputs[1:]]
         context.frozen_outputs["val"] = [np.asarray(a[count:], np.float32) for a in outputs[1:]]
     features = np.asarray(outputs[0], np.float32)
@@ -397,19 +399,27 @@ def _fit_top_on_activations(context: TrainingContext, index: int, phase: Phase, 
     unflipped = (reuse["train"], reuse["val"]) if reuse.get("split") is split and "train" in reuse else None
     with context.timer.step("activation_pass"):
         cache = compute_activations(split, train.images, val.images, context.preprocessing, config.batch_size,
-                                    flip=config.augment, unflipped=unflipped)
+                                    flip=config.augment, unflipped=unflipped,
+                                    extractor=reuse.get("extractor") if unflipped is not None else None)
     reuse.clear()
-    with context.strategy.scope():
-        _compile(split.top, phase.learning_rate)
+    # Loss scaling and per-replica steps: Keras' fit does both.
+    keras_fit = config.mixed_precision or config.distribute is not Distribution.NONE
+    trained: Any = split.top if keras_fit else TopTrainer(split.top, split.boundary, phase.learning_rate, config.seed)
     # Checkpoints hold the top's weights only (the frozen part does not change): a fraction of the layers.
-    epochs_done = _resume_weights(context, index, split.top)
-    callback = make_epoch_callback(store, context.state, index, split.top, config.patience, _epoch_logger(phase))
-    split.top.fit(activation_dataset(cache, train.labels, config.batch_size, config.seed),
-                  validation_data=(cache.validation(), val.labels), validation_batch_size=config.batch_size,
-                  epochs=phase.epochs, initial_epoch=epochs_done, class_weight=weights, callbacks=[callback],
-                  verbose=0)
-    context.cached_evaluations[index] = CachedEvaluation(split.top, cache.validation(), "cached activations")
-    return split.top
+    epochs_done = _resume_weights(context, index, trained)
+    callback = make_epoch_callback(store, context.state, index, trained, config.patience, _epoch_logger(phase))
+    if keras_fit:
+        with context.strategy.scope():
+            _compile(split.top, phase.learning_rate)
+        split.top.fit(activation_dataset(cache, train.labels, config.batch_size, config.seed),
+                      validation_data=(cache.validation(), val.labels), validation_batch_size=config.batch_size,
+                      epochs=phase.epochs, initial_epoch=epochs_done, class_weight=weights, callbacks=[callback],
+                      verbose=0)
+    else:
+        train_top(trained, callback, cache, train.labels, val.labels, config.batch_size, phase.epochs, epochs_done,
+                  weights)
+    context.cached_evaluations[index] = CachedEvaluation(trained, cache.validation(), "cached activations")
+    return trained
 
 
 def _fit_model(context: TrainingContext, index: int, phase: Phase, model: Any, done: bool) -> Any:
