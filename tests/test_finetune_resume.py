@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,6 +46,15 @@ def test_killed_training_resumes_from_last_epoch(tmp_path: Path) -> None:
     changed = run_edgeft(*[a if a != "6" else "7" for a in args], "--resume")
     assert changed.exit_code == 2 and "options or data differ" in changed.stderr
     assert "--epochs (was 6, now 7)" in changed.stderr and "hyperparameters" not in changed.stderr
+
+    damaged = tmp_path / "damaged-run"
+    shutil.copytree(out, damaged)
+    (damaged / ".checkpoints" / "phase0_last.h5").write_bytes(b"not a checkpoint")
+    unreadable = run_edgeft(*[a if a != str(out) else str(damaged) for a in args], "--resume")
+    assert unreadable.exit_code == 2, unreadable.stderr
+    assert unreadable.stderr.strip().splitlines()[-1].startswith(
+        f"error: cannot resume: checkpoint {damaged / '.checkpoints' / 'phase0_last.h5'} is unreadable (")
+    assert "Traceback" not in unreadable.stderr
 
     resumed = run_edgeft(*args, "--resume", "--json")
     assert resumed.exit_code == 0, resumed.stderr

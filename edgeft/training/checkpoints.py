@@ -82,6 +82,19 @@ class CheckpointStore:
         with atomic_path(path) as temp:
             model.save_weights(str(temp))
 
+    def load_weights(self, model: Any, path: Path) -> None:
+        """Load a checkpoint into ``model`` (a Keras model or the cached top's trainer).
+
+        A file that is damaged, or was written in another layout (an older edgeft kept the cached top in
+        HDF5), is one RunDirError naming it: the run cannot continue from it.
+        """
+        try:
+            model.load_weights(str(path))
+        except Exception as error:  # noqa: BLE001 - h5py, numpy and Keras each raise their own kinds
+            reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            raise RunDirError(f"cannot resume: checkpoint {path} is unreadable ({reason}); "
+                              "start over with --force") from None
+
 
 def _finite(record: dict[str, Any]) -> dict[str, Any]:
     if record.get("best_val_loss") == math.inf:

@@ -444,7 +444,7 @@ def _resume_weights(context: TrainingContext, index: int, trained: Any) -> int:
     """Load an interrupted phase's last epoch into ``trained``; return the epochs it had done."""
     epochs_done = context.state.phases[index].epochs_done
     if epochs_done > 0:
-        trained.load_weights(str(context.store.weights_path(index, "last")))
+        context.store.load_weights(trained, context.store.weights_path(index, "last"))
     return epochs_done
 
 
@@ -453,7 +453,7 @@ def _restore_best(context: TrainingContext, index: int, phase: Phase, trained: A
     phase_state = context.state.phases[index]
     best = context.store.weights_path(index, "best")
     if best.is_file():
-        trained.load_weights(str(best))
+        context.store.load_weights(trained, best)
         if phase_state.best_epoch < phase_state.epochs_done:
             log(f"phase {phase.name}: restored best epoch {phase_state.best_epoch} "
                 f"(val_loss {phase_state.best_val_loss:.4f})")
@@ -661,11 +661,11 @@ def _train(context: TrainingContext, phases: list[Phase], model: Any) -> None:
         if state.phases[number].finished:
             continue
         if number > 0 and loaded_final != number - 1:
-            model.load_weights(str(store.weights_path(number - 1, "final")))
+            store.load_weights(model, store.weights_path(number - 1, "final"))
         _run_phase(context, number, phase, model)
         loaded_final = number
     if loaded_final != len(phases) - 1:
-        model.load_weights(str(store.weights_path(len(phases) - 1, "final")))
+        store.load_weights(model, store.weights_path(len(phases) - 1, "final"))
     if any(p.batchnorm_trains for p in phases):
         context.cached_evaluations.clear()
         with context.timer.step("batchnorm_recalibration"):
