@@ -214,6 +214,7 @@ def int8_facts(export: Export, spec: ArtifactSpec, staged: Staged, record: dict[
     sidecar = Path(device.sidecar_path(str(export.out / spec.filename)))
     metadata = json.loads(sidecar.read_text("utf-8")) if sidecar.is_file() else {}
     record["keep_float"] = metadata.get("keep_float")
+    record["weight_rounding"] = metadata.get("weight_rounding")
     if record["passed"] is False and spec.precision == Precision.INT8:
         record["layer_errors"] = layer_error_report(export, spec, staged, bool(record["keep_float"]))
     return record

@@ -126,6 +126,13 @@ def _kind(layer: Any) -> str:
     return type(layer).__name__
 
 
+def _roundable(layer: Any) -> bool:
+    """A plain 2-D convolution (no dilation, no groups) with weights: the patch statistics below describe it."""
+    return (_kind(layer) in ("Conv2D", "DepthwiseConv2D") and bool(layer.get_weights())
+            and tuple(layer.dilation_rate) == (1, 1) and int(getattr(layer, "groups", 1) or 1) == 1
+            and getattr(layer, "depth_multiplier", 1) == 1)
+
+
 def _padded(values: np.ndarray, layer: Any) -> np.ndarray:
     """The layer's input as its convolution sees it (TensorFlow's 'same' padding added)."""
     if getattr(layer, "padding", "valid") != "same":
@@ -176,8 +183,7 @@ def adaptive_rounding(model: Any, pixels: np.ndarray, preprocess: Callable[[np.n
     copy = k.models.clone_model(model)
     copy.set_weights(model.get_weights())
     bn_after = dict(conv_bn_pairs(copy))
-    layers = [layer for layer in copy.layers
-              if _kind(layer) in ("Conv2D", "DepthwiseConv2D") and layer.get_weights() and layer.name not in skip]
+    layers = [layer for layer in copy.layers if _roundable(layer) and layer.name not in skip]
     rng = np.random.default_rng(seed)
     moments: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
