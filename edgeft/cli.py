@@ -334,6 +334,9 @@ def qat(run_dir: Path, as_json: bool, **options: Any) -> None:
 @click.option("--keep-float", default=None, metavar="auto|LAYER,...",
               help="Post-training int8 (TFLite, ONNX; never the Edge TPU): keep these Keras layers in float; "
               "'auto' = the 3 layers the per-layer error report finds worst.")
+@click.option("--weight-rounding", type=click.Choice(["adaptive", "nearest"]), default="adaptive", show_default=True,
+              help="Post-training int8 weights: adaptive = per layer, the rounding that lowers the layer's output "
+              "error on the calibration images (full-integer, Edge TPU safe); nearest = the converters' own.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
 @click.option("--threads", type=int, default=1, show_default=True, help="Threads for the parity/latency runs.")
 @click.option("--in-process", is_flag=True, help="Convert in this process instead of one child per conversion.")

@@ -42,7 +42,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 STEP_IMPORTS: dict[str, frozenset[str]] = {
     "edgeft.training": frozenset({"edgeft.backbones"}),
     "edgeft.evaluation": frozenset({"edgeft.training"}),  # the training pipeline's batches
-    "edgeft.export": frozenset({"edgeft.calibration"}),
+    "edgeft.export": frozenset({"edgeft.calibration", "edgeft.quantization"}),  # post-training weight rounding
     "edgeft.bundle": frozenset({"edgeft.bench"}),  # the device app, profiles, recommendation
     "edgeft.testing": frozenset({"edgeft.backbones"}),
 }

@@ -1,4 +1,4 @@
-"""Cross-layer equalisation and bias correction: numpy algorithm and the tf-keras backend."""
+"""Cross-layer equalisation, bias correction and adaptive weight rounding: numpy algorithms and the tf-keras side."""
 
 from __future__ import annotations
 
@@ -121,3 +121,60 @@ def test_keras_bias_correction_shifts_only_bn_offsets(tiny_model: Any) -> None:
         np.testing.assert_array_equal(old_w[0], new_w[0])
         assert not np.array_equal(old_w[1], new_w[1])
     np.testing.assert_array_equal(tiny_model.get_layer("dw").get_weights()[0], new.get_layer("dw").get_weights()[0])
+
+
+def _grid_levels(values: np.ndarray, grid: Any) -> np.ndarray:
+    from edgeft.quantization.rounding import channel_grid
+
+    scale = channel_grid(values, grid)[0]
+    return values / scale[:, None]
+
+
+@pytest.mark.parametrize("grid", ["int8_symmetric", "uint8_symmetric"])
+def test_adaptive_rounding_lowers_each_channels_output_error_on_its_grid(grid: str) -> None:
+    from edgeft.quantization.rounding import WeightGrid, layer_error, nearest, round_channels
+
+    grid_ = WeightGrid(grid)
+    rng = np.random.default_rng(5)
+    weights = rng.normal(0, 1, (12, 9)) * np.exp(rng.uniform(-3, 1, (12, 1)))
+    patches = rng.normal(0.5, 1, (12, 400, 9)) + rng.normal(0, 1, (12, 400, 1))  # correlated taps, nonzero mean
+    moments = np.einsum("cpn,cpm->cnm", patches, patches) / 400
+    values, flipped = round_channels(weights, moments, grid_)
+    converted = nearest(values, grid_)  # what the converter makes of them (it rounds the extremes itself)
+    assert flipped > 0
+    for channel in range(len(weights)):  # never worse than nearest, channel by channel
+        rows = slice(channel, channel + 1)
+        assert layer_error(weights[rows], converted[rows], moments[rows]) <= \
+            layer_error(weights[rows], nearest(weights[rows], grid_), moments[rows]) + 1e-12
+    assert layer_error(weights, converted, moments) < 0.8 * layer_error(weights, nearest(weights, grid_), moments)
+    levels = _grid_levels(values, grid_)
+    extreme = np.abs(weights) == np.abs(weights).max(axis=1, keepdims=True)
+    np.testing.assert_allclose(levels[~extreme], np.round(levels[~extreme]), atol=1e-9)  # on the grid
+    np.testing.assert_array_equal(values[extreme], weights[extreme])  # the extremes keep the scale
+    shared = np.cov(rng.normal(0, 1, (27, 500))) + 0.3
+    values, _ = round_channels(weights[:, :1].repeat(27, 1) * rng.normal(0, 1, (12, 27)), shared, grid_)
+    assert values.shape == (12, 27)
+
+
+def test_tflite_converter_keeps_the_adaptive_rounding(tiny_model: Any) -> None:
+    """The converter's int8 weights are exactly the steps adaptive rounding chose (BN folded as it folds it)."""
+    from edgeft.export.layer_errors import int8_converter
+    from edgeft.quantization.keras_equalization import _bn
+    from edgeft.quantization.rounding import WeightGrid, adaptive_rounding
+    from edgeft.targets import import_tflite
+
+    pixels = np.random.default_rng(6).integers(0, 256, (12, SIZE, SIZE, 3), dtype=np.uint8)
+    new, result = adaptive_rounding(tiny_model, pixels, _pre, WeightGrid.INT8_SYMMETRIC)
+    assert result.layers == 3 and result.flipped > 0 and result.error_ratio < 1.0
+    interpreter = import_tflite()[0](model_content=bytes(int8_converter(new, SIZE, pixels, _pre).convert()))
+    interpreter.allocate_tensors()
+    op = next(op for op in interpreter._get_ops_details() if op["op_name"] == "DEPTHWISE_CONV_2D")
+    detail = interpreter._get_tensor_details(int(op["inputs"][1]), subgraph_index=0)
+    stored = interpreter.get_tensor(int(op["inputs"][1]))[0].reshape(-1, 8).T.astype(np.float64)  # (C, taps)
+    scales = detail["quantization_parameters"]["scales"]
+    folded = eq.fold(np.asarray(new.get_layer("dw").get_weights()[0], np.float64), _bn(new.get_layer("dw_bn")), True)
+    chosen = folded[..., 0].reshape(-1, 8).T
+    np.testing.assert_allclose(stored * scales[:, None], chosen, rtol=1e-4, atol=1e-7)
+    original = eq.fold(np.asarray(tiny_model.get_layer("dw").get_weights()[0], np.float64),
+                       _bn(tiny_model.get_layer("dw_bn")), True)[..., 0].reshape(-1, 8).T
+    assert np.any(stored != np.round(original / scales[:, None]))  # not what nearest rounding gives

@@ -57,11 +57,9 @@ def test_float_ptq_qat_side_by_side(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert float_accuracy >= 0.85
     assert by[("tflite", "float32")]["agreement"] == 1.0
     ptq_drop = max(100 * (float_accuracy - ptq_int8), 100 * (float_accuracy - by[("onnx", "int8")]["accuracy"]))
-    assert ptq_drop <= 6.0 + 1e-9, table  # far beyond any measured run; a broken quantization loses tens of points
-    if ptq_drop > 2.0 + 1e-9:
-        # Known gap (int8 robustness work, open): default min-max PTQ of a head trained to 0.902 measured
-        # 2.6 points below float (4 of 153 images) in TFLite, 3.3 in ONNX, against a 2.0-point bar.
-        pytest.xfail(f"PTQ int8 {ptq_drop:.2f} points below float {float_accuracy:.4f} (bar 2.0)")
+    # the default export (adaptive weight rounding; nearest rounding lost 2.0-3.9 points on this run)
+    assert ptq_drop <= 2.0 + 1e-9, table
+    assert min(by[("tflite", "int8")]["agreement"], by[("onnx", "int8")]["agreement"]) >= 0.95, table
     if 100 * (float_accuracy - qat_int8) > 1.0 + 1e-9:
         # Known gap (int8 robustness work): validated on uint8 pixels through the device layer, the QAT run
         # scores 2 of 153 images below float (1.31 points) against a 1.0-point bar.

@@ -61,6 +61,13 @@ def test_keep_float_auto_keeps_the_worst_layers_in_float_in_both_formats(
     assert kept["requested"] == ["auto"] and len(kept["tensors"]) == 3 and kept["layers"]
     assert onnx_row["keep_float"] == kept  # ranked once, the same layers in both formats
     assert by_key[("tflite", "float32")]["keep_float"] is None
+    # the default adaptive weight rounding, recorded per int8 artifact and in the report
+    for row in (tflite, onnx_row):
+        rounding = row["weight_rounding"]
+        assert rounding["method"].startswith("adaptive") and 0 < rounding["flipped_weights"] < rounding["weights"]
+        assert rounding["layer_error_ratio"] < 1.0
+    assert by_key[("tflite", "float32")]["weight_rounding"] is None
+    assert "adaptive weight rounding" in (tmp_path / "export_report.md").read_text("utf-8")
     assert read_tflite_metadata(tmp_path / "model_int8.tflite")["keep_float"] == kept
     assert json.loads((tmp_path / "model_int8.tflite.json").read_text())["keep_float"] == kept
     interpreter = Interpreter(model_path=str(tmp_path / "model_int8.tflite"))

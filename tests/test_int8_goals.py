@@ -1,7 +1,7 @@
 """The int8 goals, asserted on three evaluation sets through ``edgeft export`` itself (slow; CI runs them).
 
-- PTQ int8, TFLite and ONNX, ``--keep-float auto``: within 2.0 points of the float Keras model, top-1
-  agreement >= 0.95.
+- PTQ int8, TFLite and ONNX, the default export (full-integer, adaptive weight rounding): within 2.0
+  points of the float Keras model, top-1 agreement >= 0.95.
 - QAT int8, TFLite and ONNX (the QAT model's own ranges): within 1.0 point of the QAT Keras model,
   agreement >= 0.97.
 
@@ -24,10 +24,8 @@ from edgeft.cli import main
 
 PTQ_DROP, PTQ_AGREEMENT = 2.0, 0.95
 QAT_DROP, QAT_AGREEMENT = 1.0, 0.97
-# measured QAT misses (153 val images: one image is 0.65 points, agreement steps of 0.0065)
-PTQ_KNOWN_MISSES = {
-    "hymenoptera-224": "TFLite --keep-float auto int8 of a fresh run lost 3.27 points (5 images), agreement 0.967",
-}
+# measured misses (153 val images: one image is 0.65 points, agreement steps of 0.0065)
+PTQ_KNOWN_MISSES: dict[str, str] = {}
 QAT_KNOWN_MISSES = {
     "hymenoptera-224": "TFLite QAT int8 loses 1.31 points (2 images) against the QAT Keras model",
     "hymenoptera-128": "QAT-range ONNX int8 agreement 0.967 (one image short of 0.97)",
@@ -109,9 +107,12 @@ def test_ptq_int8_keeps_float_accuracy(float_run: Path, tmp_path: Path, request:
     name = request.node.callspec.params["float_run"]
     if name in PTQ_KNOWN_MISSES:
         request.applymarker(pytest.mark.xfail(strict=False, reason="measured: " + PTQ_KNOWN_MISSES[name]))
-    report = _export(float_run, tmp_path / "export", keep_float=("auto",))
+    report = _export(float_run, tmp_path / "export")
     rows = _int8_rows(report)
-    assert all(row["keep_float"] and len(row["keep_float"]["tensors"]) == 3 for row in rows.values()), rows
+    assert all(row["keep_float"] is None for row in rows.values()), rows  # full-integer: no float layer
+    for name in ("model_int8.tflite", "model_int8.onnx"):
+        rounding = json.loads((tmp_path / "export" / f"{name}.json").read_text("utf-8"))["weight_rounding"]
+        assert rounding["method"].startswith("adaptive") and rounding["flipped_weights"] > 0, (name, rounding)
     _check(rows, PTQ_DROP, PTQ_AGREEMENT)
 
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from edgeft.errors import UsageError
 from edgeft.export.formats import format_names, get_exporter
-from edgeft.export.spec import ArtifactSpec, Format, IODtype, OnnxWeights, Precision, Source
+from edgeft.export.spec import ArtifactSpec, Format, IODtype, OnnxWeights, Precision, Source, WeightRounding
 
-__all__ = ["ArtifactSpec", "ExportConfig", "Format", "IODtype", "OnnxWeights", "Precision", "Source", "parse_formats"]
+__all__ = ["ArtifactSpec", "ExportConfig", "Format", "IODtype", "OnnxWeights", "Precision", "Source", "WeightRounding",
+           "parse_formats"]
 
 
 DEFAULT_FORMATS = (Format.TFLITE.value, Format.ONNX.value)
@@ -54,6 +55,7 @@ class ExportConfig:
     onnx_calib_method: str = "minmax"
     onnx_weights: OnnxWeights | None = None  # None: uint8 for post-training int8, int8 for a QAT run's ranges
     keep_float: tuple[str, ...] = ()  # ("auto",) or Keras layer names kept in float in post-training int8
+    weight_rounding: WeightRounding = WeightRounding.ADAPTIVE  # post-training int8 only
     opset: int = 17
     threads: int = 1
     latency_runs: int = 30
@@ -111,6 +113,12 @@ class ExportConfig:
             except ValueError:
                 raise UsageError(f"unknown --onnx-weights '{options['onnx_weights']}'; choose from: "
                                  + ", ".join(w.value for w in OnnxWeights)) from None
+        rounding = options.pop("weight_rounding", None) or WeightRounding.ADAPTIVE
+        try:
+            options["weight_rounding"] = WeightRounding(rounding)
+        except ValueError:
+            raise UsageError(f"unknown --weight-rounding '{rounding}'; choose from: "
+                             + ", ".join(w.value for w in WeightRounding)) from None
         sweep = options.pop("calib_sweep", None) or ()
         return cls(run_dir=Path(run_dir), out_dir=Path(out_dir), formats=chosen, precisions=precisions,
                    io_dtype=IODtype(io) if io else IODtype.UINT8, calib_sweep=tuple(int(s) for s in sweep),

@@ -169,6 +169,7 @@ def conversion_job(export: Export, spec: ArtifactSpec, staged: Staged, output: P
         io_dtype=config.io_dtype.value, opset=config.opset, onnx_calib_method=config.onnx_calib_method,
         onnx_weights=config.onnx_weights_for(spec.source).value, metadata=metadata,
         keep_float=config.keep_float if int8 and spec.source == Source.PTQ else (),
+        weight_rounding=config.weight_rounding.value if int8 and spec.source == Source.PTQ else "nearest",
         **get_exporter(spec.format).job_inputs(export.out),
     )
 
@@ -213,6 +214,7 @@ def int8_facts(export: Export, spec: ArtifactSpec, staged: Staged, record: dict[
     sidecar = Path(device.sidecar_path(str(export.out / spec.filename)))
     metadata = json.loads(sidecar.read_text("utf-8")) if sidecar.is_file() else {}
     record["keep_float"] = metadata.get("keep_float")
+    record["weight_rounding"] = metadata.get("weight_rounding")
     if record["passed"] is False and spec.precision == Precision.INT8:
         record["layer_errors"] = layer_error_report(export, spec, staged, bool(record["keep_float"]))
     return record
@@ -229,7 +231,8 @@ def layer_error_report(export: Export, spec: ArtifactSpec, staged: Staged, keep_
             "image_size": export.run.manifest.image_size, "preprocessing": export.run.manifest.preprocessing.to_dict(),
             "work": str(export.work), "out": str(export.out), "source": spec.source.value,
             "accelerator": any(not EXPORTERS[name].float_layers_allowed for name in export.config.formats),
-            "keep_float": keep_float}
+            "keep_float": keep_float,
+            "weight_rounding": export.config.weight_rounding.value if spec.source == Source.PTQ else "nearest"}
     try:
         return run_task(task, export, f"layer_errors_{spec.filename}")["summary"]
     except EdgeftError as error:

@@ -10,7 +10,8 @@ export_report.json (schema ``edgeft.export_report/2``)::
                         max_abs_diff (outputs vs Keras), p50_ms (single image on the host, as bench
                         measures it: p50 of N runs after warm-up), backend (device backend that ran it),
                         accuracy_drop_pts, max_drop_pts, passed, sidecar, details
-                        (null where not measurable, e.g. Edge TPU without the device)
+                        (null where not measurable, e.g. Edge TPU without the device);
+                        int8: keep_float and weight_rounding (as in the sidecar; null otherwise)
     calibration         source, size, key, cache_file (null when no int8 artifact)
     calibration_sweep[] calib_size, accuracy, agreement (TFLite int8) when --calib-sweep was given
     skipped[]           format, precision, reason: requested but not meaningful for this run
@@ -70,6 +71,11 @@ def markdown(report: dict[str, Any]) -> str:
         for note in exporter.report_notes(a) if exporter else []:
             lines += ["", note]
     for a in report["artifacts"]:
+        rounding = a.get("weight_rounding") or {}
+        if rounding.get("flipped_weights"):
+            lines += ["", f"{a['path']}: adaptive weight rounding, {rounding['flipped_weights']} of "
+                      f"{rounding['weights']} weights rounded away from nearest in {rounding['layers']} layers "
+                      f"(their output error x{rounding['layer_error_ratio']})."]
         kept = a.get("keep_float") or {}
         if kept.get("layers"):
             lines += ["", f"{a['path']} keeps in float ({', '.join(kept['requested'])}): {', '.join(kept['layers'])}."]

@@ -72,6 +72,10 @@ def layer_errors_task(task: dict[str, Any]) -> dict[str, Any]:
                                       float_path=float_onnx if float_onnx.is_file() else None, artifact=name)
     else:
         model = load_keras_model(Path(task["model"]))
+        if task.get("weight_rounding") == "adaptive":  # the weights the artifact was made from
+            from edgeft.quantization.rounding import adaptive_rounding
+
+            model = adaptive_rounding(model, pixels, preprocess)[0]
         report = le.tflite_layer_errors(model, int(task["image_size"]), pixels, pixels[:64], preprocess, artifact=name)
     le.write_layer_errors(report, Path(task["out"]))
     return {"ok": True, "summary": le.summarize(report, task["source"], bool(task["accelerator"]),

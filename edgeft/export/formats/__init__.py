@@ -37,6 +37,7 @@ class ConversionJob:
     onnx_weights: str = "uint8"
     int8_tflite: str | None = None  # for Edge TPU: an existing full-integer model to compile/check
     keep_float: tuple[str, ...] = ()  # ("auto",) or Keras layers kept in float (post-training int8 only)
+    weight_rounding: str = "nearest"  # "adaptive": output-aware weight rounding (post-training int8 only)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

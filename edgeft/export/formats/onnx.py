@@ -35,7 +35,7 @@ import numpy as np
 from edgeft.errors import ExportError
 from edgeft.export.spec import Format, OnnxWeights, Precision
 from edgeft.export.formats import ConversionJob, Exporter, register
-from edgeft.export.formats.tflite import load_calibration_pixels
+from edgeft.export.formats.tflite import load_calibration_pixels, resolved_keep_float, rounded_model
 from edgeft.export.onnx_tools import INPUT_NAME, first_line, keras_to_onnx, pixel_reader
 
 FILENAMES = {Precision.FLOAT32: "model_float32.onnx", Precision.INT8: "model_int8.onnx"}
@@ -70,7 +70,8 @@ def quantize_onnx_static(float_path: Path, out_path: Path, pixels: np.ndarray, p
                 str(prepared), str(out_path), pixel_reader(pixels, preprocessing.apply, INPUT_NAME), quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QUInt8, weight_type=weight_type, reduce_range=reduce_range,
                 calibrate_method=methods[method], nodes_to_exclude=excluded,
-                extra_options={"CalibTensorRangeSymmetric": False},
+                # symmetric weights (uint8: zero point 128) are the grid adaptive rounding targets
+                extra_options={"CalibTensorRangeSymmetric": False, "WeightSymmetric": True},
             )
         except ExportError:
             raise
@@ -154,6 +155,16 @@ class OnnxExporter(Exporter):
                     "export the parent float run for a float ONNX model")
         return None
 
+    @staticmethod
+    def rounded(job: ConversionJob, model: Any, preprocessing: Any, skip: tuple[str, ...]) -> tuple[Any, dict[str, Any]]:
+        """The model the int8 graph is made from: output-aware weight rounding on onnxruntime's grid for
+        ``job.onnx_weights`` (none for 7-bit weights, whose reduced grid it does not model)."""
+        weights = OnnxWeights(job.onnx_weights)
+        if weights == OnnxWeights.INT8_7BIT and job.weight_rounding == "adaptive":
+            return model, {"method": "nearest", "reason": "--onnx-weights int8_7bit"}
+        grid = "uint8_symmetric" if weights == OnnxWeights.UINT8 else "int8_symmetric"
+        return rounded_model(job, model, preprocessing, grid, skip)
+
     def convert(self, job: ConversionJob, model: Any) -> dict[str, Any]:
         import onnx
 
@@ -171,6 +182,13 @@ class OnnxExporter(Exporter):
                 raise ExportError("a QAT run has no float32 ONNX export; export the parent float run for that")
             proto, qat_info = qat_onnx(job, model, image_size, preprocessing)
             info.update(qat_info, quant_format="QDQ (trained QAT ranges)")
+        elif precision == Precision.INT8:
+            kept = resolved_keep_float(job, model, image_size, preprocessing)
+            layers: tuple[str, ...] = kept.layers if kept else ()
+            if kept:
+                metadata["keep_float"] = kept.to_dict()
+            model, metadata["weight_rounding"] = self.rounded(job, model, preprocessing, layers)
+            proto = keras_to_onnx(model, image_size, job.opset)
         else:
             proto = keras_to_onnx(model, image_size, job.opset)
         if precision == Precision.INT8 and job.source != "qat":
@@ -178,15 +196,6 @@ class OnnxExporter(Exporter):
             float_path = Path(job.work_dir) / FLOAT_FOR_INT8
             onnx.save(proto, str(float_path))
             quantized = Path(job.work_dir) / "onnx_int8_raw.onnx"
-            layers: tuple[str, ...] = ()
-            if job.keep_float:
-                from edgeft.export.config import KEEP_FLOAT_AUTO_LAYERS
-                from edgeft.export.layer_errors import cached_keep_float
-
-                kept = cached_keep_float(Path(job.work_dir), model, image_size, pixels, preprocessing.apply,
-                                         job.keep_float, KEEP_FLOAT_AUTO_LAYERS)
-                layers = kept.layers
-                metadata["keep_float"] = kept.to_dict()
             info.update(quantize_onnx_static(float_path, quantized, pixels, preprocessing, job.onnx_calib_method,
                                              OnnxWeights(job.onnx_weights), layers))
             info["converter"] += " + onnxruntime.quantization.quantize_static"

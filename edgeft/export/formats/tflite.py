@@ -69,15 +69,36 @@ def convert_keras_to_tflite(model: Any, image_size: int, precision: Precision, p
         raise ExportError(f"TFLite {precision.value} conversion failed: {first[:200]}") from None
 
 
-def int8_keep_float(job: ConversionJob, model: Any, image_size: int, preprocessing: Any,
-                    ) -> tuple[bytes, dict[str, Any]]:
-    """Full-integer TFLite bytes with ``job.keep_float`` layers left in float, and what was kept."""
+def resolved_keep_float(job: ConversionJob, model: Any, image_size: int, preprocessing: Any) -> Any:
+    """``job.keep_float`` resolved to a :class:`~edgeft.export.layer_errors.KeepFloat` (once per export), or None."""
+    if not job.keep_float:
+        return None
     from edgeft.export.config import KEEP_FLOAT_AUTO_LAYERS
-    from edgeft.export.layer_errors import cached_keep_float, tflite_int8_keep_float
+    from edgeft.export.layer_errors import cached_keep_float
+
+    return cached_keep_float(Path(job.work_dir), model, image_size, load_calibration_pixels(job.calibration),
+                             preprocessing.apply, job.keep_float, KEEP_FLOAT_AUTO_LAYERS)
+
+
+def rounded_model(job: ConversionJob, model: Any, preprocessing: Any, grid: str,
+                  skip: tuple[str, ...] = ()) -> tuple[Any, dict[str, Any]]:
+    """``model`` with output-aware weight rounding on ``grid`` when ``job.weight_rounding`` asks for it
+    (post-training int8), and what was done (for the artifact's metadata)."""
+    if job.weight_rounding != "adaptive":
+        return model, {"method": "nearest"}
+    from edgeft.quantization.rounding import WeightGrid, adaptive_rounding
+
+    rounded, result = adaptive_rounding(model, load_calibration_pixels(job.calibration), preprocessing.apply,
+                                        WeightGrid(grid), skip=skip)
+    return rounded, result.to_dict()
+
+
+def int8_keep_float(job: ConversionJob, model: Any, image_size: int, preprocessing: Any, kept: Any,
+                    ) -> tuple[bytes, dict[str, Any]]:
+    """Full-integer TFLite bytes with the ``kept`` layers left in float, and what was kept."""
+    from edgeft.export.layer_errors import tflite_int8_keep_float
 
     pixels = load_calibration_pixels(job.calibration)
-    kept = cached_keep_float(Path(job.work_dir), model, image_size, pixels, preprocessing.apply, job.keep_float,
-                             KEEP_FLOAT_AUTO_LAYERS)
     data = tflite_int8_keep_float(model, image_size, pixels, preprocessing.apply, kept.tensors, job.io_dtype)
     return data, kept.to_dict()
 
@@ -132,9 +153,12 @@ class TFLiteExporter(Exporter):
         preprocessing = Preprocessing.from_dict(job.metadata["preprocessing"])
         image_size = int(job.metadata["image_size"])
         extra: dict[str, Any] = {}
+        if precision == Precision.INT8 and job.source == "ptq":
+            kept = resolved_keep_float(job, model, image_size, preprocessing)
+            model, extra["weight_rounding"] = rounded_model(job, model, preprocessing, "int8_symmetric",
+                                                            kept.layers if kept else ())
         if job.keep_float and precision == Precision.INT8 and job.source == "ptq":
-            raw, kept = int8_keep_float(job, model, image_size, preprocessing)
-            extra["keep_float"] = kept
+            raw, extra["keep_float"] = int8_keep_float(job, model, image_size, preprocessing, kept)
         else:
             raw = convert_keras_to_tflite(model, image_size, precision, preprocessing, job.calibration,
                                           IODtype(job.io_dtype))
