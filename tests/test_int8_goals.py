@@ -25,7 +25,8 @@ from edgeft.cli import main
 PTQ_DROP, PTQ_AGREEMENT = 2.0, 0.95
 QAT_DROP, QAT_AGREEMENT = 1.0, 0.97
 # measured misses (153 val images: one image is 0.65 points, agreement steps of 0.0065)
-PTQ_KNOWN_MISSES: dict[str, str] = {}
+# a broken QAT export fails this floor even on a set with a known miss (the PTQ bar)
+QAT_FLOOR_DROP, QAT_FLOOR_AGREEMENT = PTQ_DROP, PTQ_AGREEMENT
 QAT_KNOWN_MISSES = {
     "hymenoptera-224": "TFLite QAT int8 loses 1.31 points (2 images) against the QAT Keras model",
     "hymenoptera-128": "QAT-range ONNX int8 agreement 0.967 (one image short of 0.97)",
@@ -103,10 +104,7 @@ def _check(rows: dict[str, dict[str, Any]], drop: float, agreement: float) -> No
 
 
 @pytest.mark.slow
-def test_ptq_int8_keeps_float_accuracy(float_run: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    name = request.node.callspec.params["float_run"]
-    if name in PTQ_KNOWN_MISSES:
-        request.applymarker(pytest.mark.xfail(strict=False, reason="measured: " + PTQ_KNOWN_MISSES[name]))
+def test_ptq_int8_keeps_float_accuracy(float_run: Path, tmp_path: Path) -> None:
     report = _export(float_run, tmp_path / "export")
     rows = _int8_rows(report)
     assert all(row["keep_float"] is None for row in rows.values()), rows  # full-integer: no float layer
@@ -120,10 +118,15 @@ def test_ptq_int8_keeps_float_accuracy(float_run: Path, tmp_path: Path, request:
 def test_qat_int8_keeps_qat_accuracy(float_run: Path, qat_run: Path, tmp_path: Path,
                                      request: pytest.FixtureRequest) -> None:
     name = request.node.callspec.params["float_run"]
-    if name in QAT_KNOWN_MISSES:
-        request.applymarker(pytest.mark.xfail(strict=False, reason="measured: " + QAT_KNOWN_MISSES[name]))
     report = _export(qat_run, tmp_path / "export")
     rows = _int8_rows(report)
     onnx_facts = json.loads((tmp_path / "export" / "model_int8.onnx.json").read_text("utf-8"))["onnx"]
     assert "QAT ranges" in onnx_facts["converter"], onnx_facts  # not the route through the int8 TFLite
-    _check(rows, QAT_DROP, QAT_AGREEMENT)
+    if name not in QAT_KNOWN_MISSES:
+        _check(rows, QAT_DROP, QAT_AGREEMENT)
+        return
+    _check(rows, QAT_FLOOR_DROP, QAT_FLOOR_AGREEMENT)
+    try:
+        _check(rows, QAT_DROP, QAT_AGREEMENT)
+    except AssertionError as missed:
+        pytest.xfail(f"measured earlier: {QAT_KNOWN_MISSES[name]}; this run: {missed}")
