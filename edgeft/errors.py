@@ -8,6 +8,12 @@ exits; it never shows a traceback for these.
 from __future__ import annotations
 
 
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type's name when the message is empty), at most
+    ``limit`` characters: what a one-line error may quote of a library's failure."""
+    return ((str(error).strip().splitlines() or [type(error).__name__])[0])[:limit]
+
+
 class EdgeftError(Exception):
     """Base class: a user-facing failure with a one-line message."""
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from edgeft.errors import MissingDependencyError, ModelFileError
+from edgeft.errors import MissingDependencyError, ModelFileError, first_line
 
 _INSTALL_HINT = "install the training stack: pip install 'edgeft[train]'"
 
@@ -255,8 +255,7 @@ def load_keras_model(path: Path) -> Any:
         with scope:
             return k.models.load_model(path, compile=False, safe_mode=True)
     except Exception as error:  # Keras raises many types for a corrupted file
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelFileError(f"cannot load Keras model {path}: {first_line[:200]}") from None
+        raise ModelFileError(f"cannot load Keras model {path}: {first_line(error)}") from None
 
 
 def package_versions() -> dict[str, str]:

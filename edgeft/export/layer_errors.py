@@ -29,8 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from edgeft.errors import ExportError, UsageError
-from edgeft.export.onnx_tools import first_line
+from edgeft.errors import ExportError, UsageError, first_line
 
 SCHEMA = "edgeft.layer_errors/1"
 

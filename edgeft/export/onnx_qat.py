@@ -26,8 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeft.errors import ExportError, QuantizationError
-from edgeft.export.onnx_tools import first_line
+from edgeft.errors import ExportError, QuantizationError, first_line
 
 INPUT_RANGE = "__input__"
 _MOVES_VALUES = ("Transpose", "Pad", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity")

@@ -7,14 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from edgeft.errors import ExportError
+from edgeft.errors import ExportError, first_line
 
 INPUT_NAME = "image"
-
-
-def first_line(error: Exception) -> str:
-    """The first line of an exception's message (or its type), at most 200 characters."""
-    return ((str(error).strip().splitlines() or [type(error).__name__])[0])[:200]
 
 
 def keras_to_onnx(model: Any, image_size: int, opset: int) -> Any:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeft.errors import EdgeftError, ExportError
+from edgeft.errors import EdgeftError, ExportError, first_line
 
 
 def run_task(task: dict[str, Any]) -> dict[str, Any]:
@@ -127,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeftError as error:
         result = {"ok": False, "error": error.message, "exit_code": error.exit_code, "error_type": type(error).__name__}
     except Exception as error:  # report, never a traceback through the parent
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-        result = {"ok": False, "error": f"{type(error).__name__}: {first}", "exit_code": ExportError.exit_code,
+        result = {"ok": False, "error": f"{type(error).__name__}: {first_line(error, 300)}", "exit_code": ExportError.exit_code,
                   "error_type": "ExportError"}
     from edgeft.targets import peak_rss_mb
 

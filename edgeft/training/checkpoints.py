@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeft.errors import RunDirError
+from edgeft.errors import RunDirError, first_line
 from edgeft.fileio import atomic_path, write_json_atomic
 
 
@@ -91,8 +91,7 @@ class CheckpointStore:
         try:
             model.load_weights(str(path))
         except Exception as error:  # noqa: BLE001 - h5py, numpy and Keras each raise their own kinds
-            reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-            raise RunDirError(f"cannot resume: checkpoint {path} is unreadable ({reason}); "
+            raise RunDirError(f"cannot resume: checkpoint {path} is unreadable ({first_line(error)}); "
                               "start over with --force") from None
 
 

@@ -32,11 +32,11 @@ from typing import Any
 
 import numpy as np
 
-from edgeft.errors import ExportError
+from edgeft.errors import ExportError, first_line
 from edgeft.export.spec import Format, OnnxWeights, Precision
 from edgeft.export.formats import ConversionJob, Exporter, register
 from edgeft.export.formats.tflite import load_calibration_pixels, resolved_keep_float, rounded_model
-from edgeft.export.onnx_tools import INPUT_NAME, first_line, keras_to_onnx, pixel_reader
+from edgeft.export.onnx_tools import INPUT_NAME, keras_to_onnx, pixel_reader
 
 FILENAMES = {Precision.FLOAT32: "model_float32.onnx", Precision.INT8: "model_int8.onnx"}
 FLOAT_FOR_INT8 = "onnx_float_for_int8.onnx"  # in the work directory: the float graph an int8 model quantizes

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeft.errors import CalibrationError, ExportError
+from edgeft.errors import CalibrationError, ExportError, first_line
 from edgeft.export.spec import Format, IODtype, Precision
 from edgeft.export.formats import ConversionJob, Exporter, register
 
@@ -65,8 +65,7 @@ def convert_keras_to_tflite(model: Any, image_size: int, precision: Precision, p
     try:
         return bytes(converter.convert())
     except Exception as error:  # the converter raises ConverterError, RuntimeError, ValueError...
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ExportError(f"TFLite {precision.value} conversion failed: {first[:200]}") from None
+        raise ExportError(f"TFLite {precision.value} conversion failed: {first_line(error)}") from None
 
 
 def resolved_keep_float(job: ConversionJob, model: Any, image_size: int, preprocessing: Any) -> Any:
@@ -153,11 +152,12 @@ class TFLiteExporter(Exporter):
         preprocessing = Preprocessing.from_dict(job.metadata["preprocessing"])
         image_size = int(job.metadata["image_size"])
         extra: dict[str, Any] = {}
+        kept = None
         if precision == Precision.INT8 and job.source == "ptq":
             kept = resolved_keep_float(job, model, image_size, preprocessing)
             model, extra["weight_rounding"] = rounded_model(job, model, preprocessing, "int8_symmetric",
                                                             kept.layers if kept else ())
-        if job.keep_float and precision == Precision.INT8 and job.source == "ptq":
+        if kept:
             raw, extra["keep_float"] = int8_keep_float(job, model, image_size, preprocessing, kept)
         else:
             raw = convert_keras_to_tflite(model, image_size, precision, preprocessing, job.calibration,
