@@ -100,3 +100,18 @@ def test_unknown_onnx_weight_type_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="unknown --onnx-weights 'int4'; choose from: uint8, int8, int8_7bit"):
         ExportConfig.from_flags(tmp_path, tmp_path / "x", onnx_weights="int4")
     assert ExportConfig.from_flags(tmp_path, tmp_path / "x", onnx_weights="int8").onnx_weights.value == "int8"
+
+
+def test_unknown_weight_rounding_is_refused_before_any_work(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from edgeft.errors import UsageError
+    from edgeft.export import ExportConfig
+
+    with pytest.raises(UsageError, match="^unknown --weight-rounding 'stochastic'; choose from: adaptive, nearest$"):
+        ExportConfig.from_flags(tmp_path, tmp_path / "x", weight_rounding="stochastic")
+    assert ExportConfig.from_flags(tmp_path, tmp_path / "x").weight_rounding.value == "adaptive"
+    code, out, err = _cli(capsys, "export", str(tmp_path), "--int8", "--weight-rounding", "stochastic",
+                          "--out", str(tmp_path / "x"))
+    assert code == 2 and out == ""
+    assert "Invalid value for '--weight-rounding': 'stochastic' is not one of 'adaptive', 'nearest'" in err
+    assert "Traceback" not in err and not (tmp_path / "x").exists()
