@@ -10,7 +10,8 @@ interleaved rounds (bare, frame, JPEG, bare, ...) so that load from other proces
   ``pixel * scale + offset`` and the input quantization, as with edgeft's own int8 exports.
 
 Goal: (a) at most 15 % over bare. Where the time goes: JPEG decode (draft mode), resize (Pillow's
-bilinear filter, exactly as training resizes), the pixel -> input mapping ("quantize": the
+bilinear filter, exactly as training resizes; in bands on ``--threads`` threads for a frame size seen
+before, the same pixels), the pixel -> input mapping ("quantize": the
 classifier's lookup table, and ``Model.prepare`` it replaces), invoke, and the rest (top-k, locking).
 
 ``--baseline DIR`` also times the device layer of another checkout (``DIR/targets``, for example the
@@ -116,8 +117,8 @@ def main() -> None:
         "classify_jpeg": lambda: classifier.classify(jpeg),
         "classify_frame_scaled": lambda: scaled.classify(frame),
         "jpeg_decode": decode_only,
-        "resize_from_jpeg": lambda: load_image(decoded, size),
-        "resize_from_frame": lambda: load_image(frame, size),
+        "resize_from_jpeg": lambda: load_image(decoded, size, args.threads),
+        "resize_from_frame": lambda: load_image(frame, size, args.threads),
         "quantize": lambda: classifier.prepare(pixels),
         "quantize_scaled_table": lambda: scaled.prepare(pixels),
         "quantize_scaled_prepare": lambda: scaled.model.prepare(pixels),

@@ -8,7 +8,9 @@ not make. A float model with none of these gets the MobileNet convention and one
 
 Thread safety: one interpreter per classifier, guarded by a lock. Decoding, resizing and the
 pixel -> input mapping run outside the lock (in parallel across threads); only the invocation is
-serialized. For parallel inference load one classifier per thread.
+serialized. For parallel inference load one classifier per thread. ``threads`` is the
+interpreter's thread count and also how many threads share one image's resize (the pixels are
+the same whatever the count).
 
 Speed: the pixel -> input mapping (scale, offset, channel order, quantization) is a table of the
 model's input for each of the 256 pixel values per channel, made once by the model's own
@@ -219,7 +221,7 @@ class Classifier:
 
     def pixels(self, image: Any) -> Any:
         """The uint8 RGB (height, width, 3) pixels the model sees for ``image`` (decoded, resized)."""
-        return load_image(image, self.input_size)
+        return load_image(image, self.input_size, self.model.threads)
 
     def scores(self, image: Any) -> Any:
         """Real-valued scores (float32, one per class; dequantized) for one image."""

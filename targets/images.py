@@ -5,20 +5,29 @@ all decode files here: JPEG draft decoding (a 10000x10000 photo costs little mem
 animations, EXIF orientation, transparency composited over white, 16-bit and float pixels scaled
 onto 0..255, Pillow's bilinear resize with ``reducing_gap=3.0``. Standard library, numpy and Pillow
 only (Pillow is optional for numpy arrays, needed for files).
+
+``threads`` above 1 resizes bands of output columns at once (Pillow releases the GIL while it
+resamples); the pixels are the same as one resize's, bit for bit (tested over many sizes).
 """
 
 from __future__ import annotations
 
+import math
 import os
+import threading
 import warnings
 from enum import Enum
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from .contract import DeviceError
 from .preprocess import resize_images
 
 # Decompression-bomb guard, raised from Pillow's default (89 Mpx) so that real 10000x10000 photos load.
 MAX_PIXELS = 400_000_000
+REDUCING_GAP = 3.0
+# Below this many source pixels per band, handing a band to another thread costs more than it saves.
+_MIN_BAND_SOURCE_PIXELS = 40_000
+_MIN_BAND_COLUMNS = 16
 
 
 class SkipReason(str, Enum):
@@ -107,13 +116,138 @@ def _check_size(width: int, height: int, what: str) -> None:
         raise ImageError("%s is empty (%dx%d pixels)" % (what, width, height), SkipReason.EMPTY)
 
 
-def _resize_pil(image: Any, height: int, width: int) -> Any:
+def _resize_pil(image: Any, height: int, width: int, threads: int = 1) -> Any:
     import numpy as np
 
     Image, _ = _pil()
-    if image.size != (width, height):
-        image = image.resize((width, height), _bilinear(Image), reducing_gap=3.0)
-    return np.asarray(image, dtype=np.uint8).copy()
+    if image.size == (width, height):
+        return np.asarray(image, dtype=np.uint8).copy()
+    bands = _band_count(image.size, width, height, threads)
+    # Bands pay off for a size seen again (a camera's frames); a folder of photos of many sizes
+    # is resized in one piece, without finding Pillow's pass order for every size.
+    repeated = bands > 1 and _seen_before((image.size, (width, height)))
+    pixels = _resize_in_bands(image, height, width, bands) if repeated else None
+    if pixels is None:
+        image = image.resize((width, height), _bilinear(Image), reducing_gap=REDUCING_GAP)
+        pixels = np.asarray(image, dtype=np.uint8).copy()
+    return pixels
+
+
+def _band_count(source: Tuple[int, int], width: int, height: int, threads: int) -> int:
+    if threads <= 1:
+        return 1
+    bands = min(int(threads), max(width, height) // _MIN_BAND_COLUMNS, source[0] * source[1] // _MIN_BAND_SOURCE_PIXELS)
+    return max(1, bands)
+
+
+def _seen_before(key: Tuple[Tuple[int, int], Tuple[int, int]]) -> bool:
+    with _POOL_LOCK:
+        if key in _SEEN:
+            return True
+        if len(_SEEN) >= 256:
+            _SEEN.clear()
+        _SEEN.add(key)
+        return False
+
+
+def _edges(source: int, size: int, bands: int) -> Optional[List[int]]:
+    """Band edges (output pixels) where ``edge * source / size`` is a whole number, about evenly spaced.
+
+    Pillow takes the box as float32 and its scale as ``(box_end - box_start) / band``: on such
+    edges both are exact and the scale is the whole resize's own float. None when no edge exists.
+    """
+    step = size // math.gcd(source, size)
+    if step > size // 2:
+        return None
+    edges = sorted({round(size * band / bands / step) * step for band in range(bands)} | {0, size})
+    return edges if len(edges) > 2 else None
+
+
+def _pass_order_probe(source: Tuple[int, int], size: Tuple[int, int]) -> Optional[str]:
+    """Which pass Pillow's resize runs first for these sizes ("horizontal"/"vertical"), found on seeded noise.
+
+    Its choice is internal to its C code and has changed between versions; the two orders round
+    differently, so a banded resize must run the passes in the order the whole resize does.
+    """
+    import numpy as np
+
+    Image, _ = _pil()
+    key = (source, size)
+    with _POOL_LOCK:
+        if key in _PASS_ORDER:
+            return _PASS_ORDER[key]
+    noise = np.random.default_rng(0).integers(0, 256, (source[1], source[0], 3), dtype=np.uint8)
+    image = Image.fromarray(noise)
+    whole = np.asarray(image.resize(size, _bilinear(Image)))
+    order = None
+    for name, first in (("horizontal", (size[0], source[1])), ("vertical", (source[0], size[1]))):
+        if np.array_equal(np.asarray(image.resize(first, _bilinear(Image)).resize(size, _bilinear(Image))), whole):
+            order = name
+            break
+    with _POOL_LOCK:
+        _PASS_ORDER[key] = order
+    return order
+
+
+def _resize_in_bands(image: Any, height: int, width: int, bands: int) -> Optional[Any]:
+    """Pillow's ``resize(..., reducing_gap)`` as ``bands`` bands at once, pixel for pixel the same; None if it cannot.
+
+    Pillow's steps: an integer box reduction of the whole image when the scale reaches the
+    reducing gap, then two one-axis filter passes. Each thread runs both passes for its band: column
+    bands when the horizontal pass comes first (then each band's columns are independent), row bands
+    when the vertical one does; the first pass of a band reads past its edges as the whole one does.
+    """
+    import numpy as np
+
+    Image, _ = _pil()
+    source_width, source_height = image.size
+    factor_x = int(source_width / width / REDUCING_GAP) or 1
+    factor_y = int(source_height / height / REDUCING_GAP) or 1
+    if source_width % factor_x or source_height % factor_y:
+        return None  # Pillow's reduced box is fractional; rare enough to resize in one piece
+    box_width, box_height = source_width // factor_x, source_height // factor_y
+    order = _pass_order_probe((box_width, box_height), (width, height))
+    if order is None:
+        return None
+    horizontal_first = order == "horizontal"
+    edges = _edges(box_width, width, bands) if horizontal_first else _edges(box_height, height, bands)
+    if edges is None:
+        return None
+    if factor_x > 1 or factor_y > 1:
+        image = image.reduce((factor_x, factor_y))
+    bilinear = _bilinear(Image)
+
+    def band(index: int) -> Any:
+        start, end = edges[index], edges[index + 1]
+        if horizontal_first:
+            box = (start * box_width // width, 0, end * box_width // width, box_height)
+            first = image.resize((end - start, box_height), bilinear, box=box)
+            return np.asarray(first.resize((end - start, height), bilinear))
+        box = (0, start * box_height // height, box_width, end * box_height // height)
+        first = image.resize((box_width, end - start), bilinear, box=box)
+        return np.asarray(first.resize((width, end - start), bilinear))
+
+    others = [_band_pool().submit(band, index) for index in range(1, len(edges) - 1)]
+    first_band = band(0)  # this thread's share, while the pool runs the others
+    return np.concatenate([first_band] + [future.result() for future in others], axis=1 if horizontal_first else 0)
+
+
+_POOL: Any = None
+_POOL_LOCK = threading.Lock()
+_PASS_ORDER: Dict[Tuple[Tuple[int, int], Tuple[int, int]], Optional[str]] = {}
+_SEEN: Set[Tuple[Tuple[int, int], Tuple[int, int]]] = set()
+
+
+def _band_pool() -> Any:
+    """One small thread pool for resize bands, made on first use (the calling thread does one band itself)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _POOL = ThreadPoolExecutor(max_workers=max(1, min(8, (os.cpu_count() or 2) - 1)),
+                                       thread_name_prefix="edgeft-resize")
+        return _POOL
 
 
 def _decode_failure(path: str, error: BaseException) -> ImageError:
@@ -130,7 +264,7 @@ def _decode_failure(path: str, error: BaseException) -> ImageError:
     return ImageError("cannot decode image %s: %s" % (path, detail), reason, detail)
 
 
-def load_file(path: str, height: int, width: int) -> Any:
+def load_file(path: str, height: int, width: int, threads: int = 1) -> Any:
     """Decode an image file to uint8 RGB (height, width, 3); raise :class:`ImageError` with a ``reason``."""
     Image, _ = _pil()
     if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_PIXELS:
@@ -154,20 +288,20 @@ def load_file(path: str, height: int, width: int) -> Any:
                 image.seek(0)  # first frame of GIF / WebP animations
                 image.load()
                 _check_size(image.size[0], image.size[1], "image %s" % path)
-                return _resize_pil(_to_rgb(image), height, width)
+                return _resize_pil(_to_rgb(image), height, width, threads)
     except ImageError:
         raise
     except Exception as error:  # Pillow raises many types for unreadable, truncated or unknown files
         raise _decode_failure(path, error)
 
 
-def load_pil(image: Any, height: int, width: int) -> Any:
+def load_pil(image: Any, height: int, width: int, threads: int = 1) -> Any:
     """A PIL image (any mode) -> uint8 RGB (height, width, 3), as training's decoder does."""
     _check_size(image.size[0], image.size[1], "the image")
-    return _resize_pil(_to_rgb(image), height, width)
+    return _resize_pil(_to_rgb(image), height, width, threads)
 
 
-def load_array(array: Any, height: int, width: int) -> Any:
+def load_array(array: Any, height: int, width: int, threads: int = 1) -> Any:
     """A numpy image: uint8 (H, W, 3) RGB; (H, W) or (H, W, 1) grayscale and (H, W, 4) RGBA are converted."""
     import numpy as np
 
@@ -194,16 +328,19 @@ def load_array(array: Any, height: int, width: int) -> Any:
     image = Image.fromarray(np.ascontiguousarray(array))
     if image.mode != "RGB":  # an RGB array has no EXIF and no alpha: skip the conversion copies
         image = _to_rgb(image)
-    return _resize_pil(image, height, width)
+    return _resize_pil(image, height, width, threads)
 
 
-def load_image(image: Any, size: Tuple[int, int]) -> Any:
-    """A path, PIL image or numpy array -> uint8 RGB pixels (height, width, 3) for a model of ``size``."""
+def load_image(image: Any, size: Tuple[int, int], threads: int = 1) -> Any:
+    """A path, PIL image or numpy array -> uint8 RGB pixels (height, width, 3) for a model of ``size``.
+
+    ``threads``: how many threads may share the resize (same pixels whatever the number).
+    """
     height, width = int(size[0]), int(size[1])
     if isinstance(image, (str, os.PathLike)):
-        return load_file(os.fspath(image), height, width)
+        return load_file(os.fspath(image), height, width, threads)
     if hasattr(image, "getbands") and hasattr(image, "size"):
-        return load_pil(image, height, width)
+        return load_pil(image, height, width, threads)
     if hasattr(image, "__array__") or isinstance(image, (list, tuple)):
-        return load_array(image, height, width)
+        return load_array(image, height, width, threads)
     raise ImageError("an image must be a file path, a PIL image or a numpy array, got %s" % type(image).__name__)

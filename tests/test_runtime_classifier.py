@@ -203,6 +203,44 @@ def test_runtime_does_not_import_tensorflow_keras_or_click() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_resize_in_bands_gives_the_pixels_of_one_resize() -> None:
+    """``threads`` > 1 resizes bands of a repeated frame size at once: the pixels must be one Pillow resize's, bit
+    for bit, for camera sizes, with Pillow's box reduction (scale >= 3) and with either pass first; sizes that
+    cannot be banded exactly fall back to one resize."""
+    from PIL import Image
+
+    from edgeft.targets import images
+    from edgeft.targets.images import load_image
+
+    rng = np.random.default_rng(3)
+    banded = [((480, 640), (224, 224)), ((720, 1280), (224, 224)), ((1080, 1920), (224, 224)),
+              ((3040, 4056), (224, 224)), ((640, 480), (224, 224)), ((600, 800), (96, 96)),
+              ((1322, 630), (224, 224))]  # the last: Pillow runs the vertical pass first
+    whole = [((479, 641), (96, 96)), ((333, 1001), (96, 128)), ((2464, 3280), (224, 224))]
+    for (height, width), (out_h, out_w) in banded + whole:
+        frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        frame[: height // 2] = np.linspace(0, 255, width, dtype=np.uint8)[None, :, None]  # smooth half: rounding shows
+        reference = np.asarray(Image.fromarray(frame).resize((out_w, out_h), Image.Resampling.BILINEAR,
+                                                             reducing_gap=3.0))
+        bands = images._resize_in_bands(Image.fromarray(frame), out_h, out_w, 2)
+        assert (bands is not None) == (((height, width), (out_h, out_w)) in banded), (width, height)
+        for threads in (2, 3, 4):
+            for _ in range(2):  # the first sighting of a size is resized in one piece, the next in bands
+                np.testing.assert_array_equal(load_image(frame, (out_h, out_w), threads=threads), reference,
+                                              err_msg=f"{width}x{height} -> {out_w}x{out_h}, {threads} threads")
+    assert images._band_count((100, 100), 224, 224, 4) == 1  # a small source is resized in one piece
+
+
+@needs_google
+def test_classifier_threads_share_the_resize_with_the_same_pixels() -> None:
+    from edgeft.runtime import Classifier
+
+    frame = np.random.default_rng(4).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    with Classifier.load(MODEL, labels=LABELS) as one, Classifier.load(MODEL, labels=LABELS, threads=2) as two:
+        np.testing.assert_array_equal(two.pixels(frame), one.pixels(frame))
+        np.testing.assert_allclose(two.scores(frame), one.scores(frame), atol=1e-6)
+
+
 def _pillow_reference(path: Path, size: int) -> np.ndarray:
     """Training's decoding written out with plain Pillow calls: draft-decode JPEGs at twice the target,
     first frame, upright by EXIF, transparency over white, RGB, bilinear resize (reducing gap 3)."""
