@@ -233,20 +233,26 @@ def _resize_in_bands(image: Any, height: int, width: int, bands: int) -> Optiona
 
 
 _POOL: Any = None
+_POOL_PID = 0
 _POOL_LOCK = threading.Lock()
 _PASS_ORDER: Dict[Tuple[Tuple[int, int], Tuple[int, int]], Optional[str]] = {}
 _SEEN: Set[Tuple[Tuple[int, int], Tuple[int, int]]] = set()
 
 
 def _band_pool() -> Any:
-    """One small thread pool for resize bands, made on first use (the calling thread does one band itself)."""
-    global _POOL
+    """One small thread pool for resize bands, made on first use (the calling thread does one band itself).
+
+    Made again in a forked child (a web server's workers forked after the app loaded): the
+    parent's idle workers do not exist there, and a task queued for them would never run.
+    """
+    global _POOL, _POOL_PID
     with _POOL_LOCK:
-        if _POOL is None:
+        if _POOL is None or _POOL_PID != os.getpid():
             from concurrent.futures import ThreadPoolExecutor
 
             _POOL = ThreadPoolExecutor(max_workers=max(1, min(8, (os.cpu_count() or 2) - 1)),
                                        thread_name_prefix="edgeft-resize")
+            _POOL_PID = os.getpid()
         return _POOL
 
 

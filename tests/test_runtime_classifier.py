@@ -231,6 +231,23 @@ def test_resize_in_bands_gives_the_pixels_of_one_resize() -> None:
     assert images._band_count((100, 100), 224, 224, 4) == 1  # a small source is resized in one piece
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="no fork on Windows")
+def test_banded_resize_works_in_a_forked_child() -> None:
+    """A web server forks its workers after the app loaded (and maybe classified): the child's resize must not
+    wait for the parent's pool threads, which a fork does not copy."""
+    import multiprocessing
+
+    from edgeft.targets.images import load_image
+
+    frame = np.random.default_rng(5).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    expected = load_image(frame, (224, 224))
+    for _ in range(2):
+        load_image(frame, (224, 224), threads=2)  # the second call resizes in bands: the pool exists now
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        pixels = pool.apply_async(load_image, (frame, (224, 224), 2)).get(timeout=60)
+    np.testing.assert_array_equal(pixels, expected)
+
+
 @needs_google
 def test_classifier_threads_share_the_resize_with_the_same_pixels() -> None:
     from edgeft.runtime import Classifier
