@@ -6,8 +6,9 @@ animations, EXIF orientation, transparency composited over white, 16-bit and flo
 onto 0..255, Pillow's bilinear resize with ``reducing_gap=3.0``. Standard library, numpy and Pillow
 only (Pillow is optional for numpy arrays, needed for files).
 
-``threads`` above 1 resizes bands of output columns at once (Pillow releases the GIL while it
-resamples); the pixels are the same as one resize's, bit for bit (tested over many sizes).
+``threads`` above 1 resizes a repeated image size (a camera's frames) in bands at once (Pillow
+releases the GIL while it resamples); the pixels are one resize's, bit for bit (tested over camera
+sizes); a size that cannot be split exactly is resized in one piece.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ MAX_PIXELS = 400_000_000
 REDUCING_GAP = 3.0
 # Below this many source pixels per band, handing a band to another thread costs more than it saves.
 _MIN_BAND_SOURCE_PIXELS = 40_000
-_MIN_BAND_COLUMNS = 16
+_MIN_BAND_SPAN = 16  # output pixels across a band
 
 
 class SkipReason(str, Enum):
@@ -136,7 +137,7 @@ def _resize_pil(image: Any, height: int, width: int, threads: int = 1) -> Any:
 def _band_count(source: Tuple[int, int], width: int, height: int, threads: int) -> int:
     if threads <= 1:
         return 1
-    bands = min(int(threads), max(width, height) // _MIN_BAND_COLUMNS, source[0] * source[1] // _MIN_BAND_SOURCE_PIXELS)
+    bands = min(int(threads), max(width, height) // _MIN_BAND_SPAN, source[0] * source[1] // _MIN_BAND_SOURCE_PIXELS)
     return max(1, bands)
 
 
