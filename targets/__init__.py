@@ -20,10 +20,10 @@ from .classifier import ArgumentError, Classifier
 from .contract import (DEVICE_VERSION, EVAL_ARRAYS, MARKER_FILE, PINS, DeviceError, ModelCorruptError, install_hint,
                        load_eval, pins_for, pip_line, read_sidecar, sidecar_path, validate_sidecar, write_eval)
 from .flatbuffer import EDGEFT_METADATA_KEY, edgeft_metadata, min_runtime_version, tflite_metadata
-from .images import ImageError, SkipReason, load_image
+from .images import ImageError, SkipReason, load_image, resize_images
 from .measure import latency_stats, p50_ms, peak_rss_mb, time_invocations
 from .model import Model
-from .preprocess import dequantize, prepare_input, resize_images
+from .preprocess import dequantize, prepare_input
 
 __all__ = [
     "ArgumentError", "Classifier", "ImageError", "SkipReason", "load_image",

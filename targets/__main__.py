@@ -54,7 +54,7 @@ def _classify(model_path: str, images_path: str) -> int:
 
     from .contract import read_sidecar
     from .model import Model
-    from .preprocess import resize_images
+    from .images import resize_images
 
     model = Model(model_path, read_sidecar(model_path))
     images = np.load(images_path, allow_pickle=False)

@@ -16,7 +16,7 @@ from .contract import DEVICE_VERSION, MARKER_FILE, DeviceError, load_eval
 from .device import doctor, temperatures, throttle_state, throttled_during
 from .measure import latency_stats, peak_rss_mb, time_invocations
 from .model import Model
-from .preprocess import resize_images
+from .images import resize_images
 
 # A JSON list of strings that starts each job's Python, e.g. an emulator plus its Python.
 PYTHON_ARGV_ENV = "EDGEFT_DEVICE_PYTHON_ARGV"

@@ -6,9 +6,10 @@ animations, EXIF orientation, transparency composited over white, 16-bit and flo
 onto 0..255, Pillow's bilinear resize with ``reducing_gap=3.0``. Standard library, numpy and Pillow
 only (Pillow is optional for numpy arrays, needed for files).
 
-``threads`` above 1 resizes a repeated image size (a camera's frames) in bands at once (Pillow
-releases the GIL while it resamples); the pixels are one resize's, bit for bit (tested over camera
-sizes); a size that cannot be split exactly is resized in one piece.
+The resize runs Pillow's two passes one at a time, horizontal first, so that every Pillow version
+gives the same pixels (see :func:`_resize_pil`). ``threads`` above 1 resizes a repeated image size
+(a camera's frames) in column bands at once (Pillow releases the GIL while it resamples), bit for
+bit the same; a size that cannot be split exactly is resized in one piece.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import os
 import threading
 import warnings
 from enum import Enum
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, List, Optional, Set, Tuple
 
 from .contract import DeviceError
-from .preprocess import resize_images
+from .preprocess import resize_bilinear_numpy
 
 # Decompression-bomb guard, raised from Pillow's default (89 Mpx) so that real 10000x10000 photos load.
 MAX_PIXELS = 400_000_000
@@ -118,27 +119,74 @@ def _check_size(width: int, height: int, what: str) -> None:
 
 
 def _resize_pil(image: Any, height: int, width: int, threads: int = 1) -> Any:
+    """Pillow's bilinear ``resize(..., reducing_gap=3.0)`` with its passes in a fixed order.
+
+    The two one-axis passes round to uint8 in between, so their order shows in the pixels.
+    Pillow 12 and earlier always run the horizontal pass first; Pillow 13 runs the vertical one
+    first when the height shrinks much more than the width (a portrait photo to a square input),
+    which moves 1 in 7 values by one level. Training and a device with another Pillow must agree,
+    so the passes are called one at a time, horizontal first: the pixels of Pillow <= 12's resize
+    under any Pillow (tested against the emulated Pi's Pillow 12).
+    """
+    import numpy as np
+
+    if image.size == (width, height):
+        return np.asarray(image, dtype=np.uint8).copy()
+    image, box = _reduce_as_pillow_does(image, width, height)
+    edges = [0, width]
+    if threads > 1 and image.size[0] * image.size[1] >= 2 * _MIN_BAND_SOURCE_PIXELS:
+        # Bands pay off for a size seen again (a camera's frames), not for a folder of photos of many sizes.
+        if _seen_before((image.size, (width, height))):
+            edges = _band_edges(box[0], width, threads) or edges
+    if len(edges) == 2:
+        return _resize_band(image, box, width, height, 0, width)
+    others = [_band_pool().submit(_resize_band, image, box, width, height, start, end)
+              for start, end in zip(edges[1:-1], edges[2:])]
+    first = _resize_band(image, box, width, height, edges[0], edges[1])  # this thread's share meanwhile
+    return np.concatenate([first] + [future.result() for future in others], axis=1)
+
+
+def _reduce_as_pillow_does(image: Any, width: int, height: int) -> Tuple[Any, Tuple[float, float]]:
+    """Pillow's ``reducing_gap`` step: an integer box reduction when the scale reaches the gap, and the
+    (width, height) of the box left to resample in the reduced image (fractional when the size is not
+    a multiple of the factor)."""
+    source_width, source_height = image.size
+    factor_x = int(source_width / width / REDUCING_GAP) or 1
+    factor_y = int(source_height / height / REDUCING_GAP) or 1
+    if factor_x > 1 or factor_y > 1:
+        image = image.reduce((factor_x, factor_y))
+    return image, (source_width / factor_x, source_height / factor_y)
+
+
+def _resize_band(image: Any, box: Tuple[float, float], width: int, height: int, start: int, end: int) -> Any:
+    """Output columns ``start:end``: the horizontal pass over every row, then the vertical pass."""
     import numpy as np
 
     Image, _ = _pil()
-    if image.size == (width, height):
-        return np.asarray(image, dtype=np.uint8).copy()
-    bands = _band_count(image.size, width, height, threads)
-    # Bands pay off for a size seen again (a camera's frames); a folder of photos of many sizes
-    # is resized in one piece, without finding Pillow's pass order for every size.
-    repeated = bands > 1 and _seen_before((image.size, (width, height)))
-    pixels = _resize_in_bands(image, height, width, bands) if repeated else None
-    if pixels is None:
-        image = image.resize((width, height), _bilinear(Image), reducing_gap=REDUCING_GAP)
-        pixels = np.asarray(image, dtype=np.uint8).copy()
-    return pixels
+    bilinear = _bilinear(Image)
+    box_width, box_height = box
+    if (start, end) == (0, width):
+        left, right = 0.0, box_width
+    else:  # band edges from _band_edges: whole source columns, so Pillow's float32 box and scale are exact
+        left, right = start * int(box_width) // width, end * int(box_width) // width
+    rows = image.size[1]
+    horizontal = image.resize((end - start, rows), bilinear, box=(left, 0, right, rows))
+    vertical = horizontal.resize((end - start, height), bilinear, box=(0, 0, end - start, box_height))
+    return np.asarray(vertical, dtype=np.uint8).copy()
 
 
-def _band_count(source: Tuple[int, int], width: int, height: int, threads: int) -> int:
-    if threads <= 1:
-        return 1
-    bands = min(int(threads), max(width, height) // _MIN_BAND_SPAN, source[0] * source[1] // _MIN_BAND_SOURCE_PIXELS)
-    return max(1, bands)
+def _band_edges(box_width: float, width: int, bands: int) -> Optional[List[int]]:
+    """Column band edges (output pixels) where ``edge * box_width / width`` is a whole number, about evenly spaced.
+
+    Pillow takes the box as float32 and its scale as ``(box_end - box_start) / band``: on such
+    edges both are exact and the scale is the whole resize's own float. None when no edge exists.
+    """
+    bands = min(bands, width // _MIN_BAND_SPAN)
+    if bands < 2 or box_width != int(box_width):
+        return None  # a fractional reduced box: its scale is rounded twice in Pillow, once in a band
+    step = width // math.gcd(int(box_width), width)
+    edges = sorted({round(width * band / bands / step) * step for band in range(bands)} | {0, width})
+    return edges if len(edges) > 2 else None
 
 
 def _seen_before(key: Tuple[Tuple[int, int], Tuple[int, int]]) -> bool:
@@ -151,92 +199,9 @@ def _seen_before(key: Tuple[Tuple[int, int], Tuple[int, int]]) -> bool:
         return False
 
 
-def _edges(source: int, size: int, bands: int) -> Optional[List[int]]:
-    """Band edges (output pixels) where ``edge * source / size`` is a whole number, about evenly spaced.
-
-    Pillow takes the box as float32 and its scale as ``(box_end - box_start) / band``: on such
-    edges both are exact and the scale is the whole resize's own float. None when no edge exists.
-    """
-    step = size // math.gcd(source, size)
-    if step > size // 2:
-        return None
-    edges = sorted({round(size * band / bands / step) * step for band in range(bands)} | {0, size})
-    return edges if len(edges) > 2 else None
-
-
-def _pass_order_probe(source: Tuple[int, int], size: Tuple[int, int]) -> Optional[str]:
-    """Which pass Pillow's resize runs first for these sizes ("horizontal"/"vertical"), found on seeded noise.
-
-    Its choice is internal to its C code and has changed between versions; the two orders round
-    differently, so a banded resize must run the passes in the order the whole resize does.
-    """
-    import numpy as np
-
-    Image, _ = _pil()
-    key = (source, size)
-    with _POOL_LOCK:
-        if key in _PASS_ORDER:
-            return _PASS_ORDER[key]
-    noise = np.random.default_rng(0).integers(0, 256, (source[1], source[0], 3), dtype=np.uint8)
-    image = Image.fromarray(noise)
-    whole = np.asarray(image.resize(size, _bilinear(Image)))
-    order = None
-    for name, first in (("horizontal", (size[0], source[1])), ("vertical", (source[0], size[1]))):
-        if np.array_equal(np.asarray(image.resize(first, _bilinear(Image)).resize(size, _bilinear(Image))), whole):
-            order = name
-            break
-    with _POOL_LOCK:
-        _PASS_ORDER[key] = order
-    return order
-
-
-def _resize_in_bands(image: Any, height: int, width: int, bands: int) -> Optional[Any]:
-    """Pillow's ``resize(..., reducing_gap)`` as ``bands`` bands at once, pixel for pixel the same; None if it cannot.
-
-    Pillow's steps: an integer box reduction of the whole image when the scale reaches the
-    reducing gap, then two one-axis filter passes. Each thread runs both passes for its band: column
-    bands when the horizontal pass comes first (then each band's columns are independent), row bands
-    when the vertical one does; the first pass of a band reads past its edges as the whole one does.
-    """
-    import numpy as np
-
-    Image, _ = _pil()
-    source_width, source_height = image.size
-    factor_x = int(source_width / width / REDUCING_GAP) or 1
-    factor_y = int(source_height / height / REDUCING_GAP) or 1
-    if source_width % factor_x or source_height % factor_y:
-        return None  # Pillow's reduced box is fractional; rare enough to resize in one piece
-    box_width, box_height = source_width // factor_x, source_height // factor_y
-    order = _pass_order_probe((box_width, box_height), (width, height))
-    if order is None:
-        return None
-    horizontal_first = order == "horizontal"
-    edges = _edges(box_width, width, bands) if horizontal_first else _edges(box_height, height, bands)
-    if edges is None:
-        return None
-    if factor_x > 1 or factor_y > 1:
-        image = image.reduce((factor_x, factor_y))
-    bilinear = _bilinear(Image)
-
-    def band(index: int) -> Any:
-        start, end = edges[index], edges[index + 1]
-        if horizontal_first:
-            box = (start * box_width // width, 0, end * box_width // width, box_height)
-            first = image.resize((end - start, box_height), bilinear, box=box)
-            return np.asarray(first.resize((end - start, height), bilinear))
-        box = (0, start * box_height // height, box_width, end * box_height // height)
-        first = image.resize((box_width, end - start), bilinear, box=box)
-        return np.asarray(first.resize((width, end - start), bilinear))
-
-    others = [_band_pool().submit(band, index) for index in range(1, len(edges) - 1)]
-    first_band = band(0)  # this thread's share, while the pool runs the others
-    return np.concatenate([first_band] + [future.result() for future in others], axis=1 if horizontal_first else 0)
-
-
 _POOL: Any = None
 _POOL_PID = 0
 _POOL_LOCK = threading.Lock()
-_PASS_ORDER: Dict[Tuple[Tuple[int, int], Tuple[int, int]], Optional[str]] = {}
 _SEEN: Set[Tuple[Tuple[int, int], Tuple[int, int]]] = set()
 
 
@@ -329,7 +294,7 @@ def load_array(array: Any, height: int, width: int, threads: int = 1) -> Any:
         try:
             _pil()
         except ImageError:  # no Pillow on this device: the numpy twin of Pillow's filter
-            return resize_images(array[None], height, width)[0]
+            return resize_bilinear_numpy(array, height, width)
     Image, _ = _pil()
     # uint8 (H, W) / (H, W, 3) / (H, W, 4) arrays open as L / RGB / RGBA
     image = Image.fromarray(np.ascontiguousarray(array))
@@ -351,3 +316,13 @@ def load_image(image: Any, size: Tuple[int, int], threads: int = 1) -> Any:
     if hasattr(image, "__array__") or isinstance(image, (list, tuple)):
         return load_array(image, height, width, threads)
     raise ImageError("an image must be a file path, a PIL image or a numpy array, got %s" % type(image).__name__)
+
+
+def resize_images(images: Any, height: int, width: int) -> Any:
+    """uint8 RGB images (N, H, W, 3) at (height, width), resized as training resizes (numpy without Pillow)."""
+    import numpy as np
+
+    images = np.asarray(images, dtype=np.uint8)
+    if images.shape[1] == height and images.shape[2] == width:
+        return images
+    return np.stack([load_array(image, height, width) for image in images])

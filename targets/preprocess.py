@@ -121,21 +121,6 @@ def dequantize(raw: Any, quant: Tuple[float, int]) -> Any:
     return raw.astype(np.float32)
 
 
-def resize_images(images: Any, height: int, width: int) -> Any:
-    """Bilinear resize of uint8 images (N, H, W, 3) as training resizes (Pillow when installed)."""
-    import numpy as np
-
-    images = np.asarray(images, dtype=np.uint8)
-    if images.shape[1] == height and images.shape[2] == width:
-        return images
-    try:
-        from PIL import Image
-    except ImportError:
-        return np.stack([resize_bilinear_numpy(image, height, width) for image in images])
-    return np.stack([np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR, reducing_gap=3.0))
-                     for image in images])
-
-
 def _coefficients(in_size: int, out_size: int) -> Any:
     """Pillow's bilinear (triangle) filter weights as a fixed-point (out_size, in_size) matrix."""
     import numpy as np
@@ -167,15 +152,9 @@ def _resample(image: Any, matrix: Any, axis: int) -> Any:
 
 
 def resize_bilinear_numpy(image: Any, height: int, width: int) -> Any:
-    """One uint8 (H, W, C) image resized like Pillow's ``Image.resize(..., BILINEAR)``.
-
-    Pillow rounds to uint8 between its two passes, so the pass order can move a pixel by one
-    level; starting with the pass whose intermediate image is smaller matches Pillow most often.
-    """
-    passes = [(1, width), (0, height)]
-    if height * image.shape[1] < image.shape[0] * width:
-        passes.reverse()
-    for axis, size in passes:
+    """One uint8 (H, W, C) image resized like Pillow's ``Image.resize(..., BILINEAR)``, horizontal pass first
+    as the decoder runs it (``targets.images``); without Pillow's ``reducing_gap`` box reduction."""
+    for axis, size in ((1, width), (0, height)):
         if image.shape[axis] != size:
             image = _resample(image, _coefficients(image.shape[axis], size), axis)
     return image

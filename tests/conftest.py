@@ -7,6 +7,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,3 +72,17 @@ def write_shapes(folder: Path, per_class: int = 12, size: int = 48, seed: int = 
     from edgeft.testing import write_shapes as write
 
     return write(folder, ShapesSpec(("disc", "square"), per_class, 0, size, seed, ("png", "jpg")))
+
+
+def pillow_two_passes(image: Any, width: int, height: int) -> Any:
+    """Pillow's ``resize(..., BILINEAR, reducing_gap=3.0)`` as Pillow 12 and earlier run it, in plain Pillow calls:
+    the integer box reduction, then the horizontal pass, then the vertical pass (uint8 in between)."""
+    from PIL import Image
+
+    source_width, source_height = image.size
+    factor_x, factor_y = int(source_width / width / 3.0) or 1, int(source_height / height / 3.0) or 1
+    if factor_x > 1 or factor_y > 1:
+        image = image.reduce((factor_x, factor_y))
+    rows = image.size[1]
+    image = image.resize((width, rows), Image.Resampling.BILINEAR, box=(0, 0, source_width / factor_x, rows))
+    return image.resize((width, height), Image.Resampling.BILINEAR, box=(0, 0, width, source_height / factor_y))

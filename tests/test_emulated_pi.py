@@ -326,6 +326,26 @@ def test_doctor_fix_for_a_runtime_too_old_names_a_version_that_runs_the_model(tm
 # ----------------------------------------------------------------------------- 4. the bundle's app
 # What imports in the app's Python: only the bundle's requirements, no edgeft, no TensorFlow, not the
 # userland's own onnxruntime.
+# The bundle's device layer resizing a 640x480 frame (and a portrait one) in one piece and in 2 bands.
+RESIZES = r'''
+import hashlib, json, sys
+import numpy as np
+import PIL
+from PIL import Image
+sys.path.insert(0, sys.argv[1])
+from edgeft_device import images
+rows = []
+for height, width in ((480, 640), (1322, 630)):
+    frame = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    frame[: height // 2] = np.linspace(0, 255, width, dtype=np.uint8)[None, :, None]
+    whole = images.load_image(frame, (224, 224))
+    banded = [images.load_image(frame, (224, 224), threads=2) for _ in range(2)][-1]
+    box = images._reduce_as_pillow_does(Image.fromarray(frame), 224, 224)[1]
+    rows.append({"split": images._band_edges(box[0], 224, 2) is not None,
+                 "equal": bool(np.array_equal(whole, banded)), "sha256": hashlib.sha256(whole.tobytes()).hexdigest()})
+print(json.dumps({"pillow": PIL.__version__, "rows": rows}))
+'''
+
 IMPORTABLE = r'''
 import importlib.util, json, sys
 names = ("numpy", "PIL", "ai_edge_litert", "onnxruntime", "edgeft", "tensorflow", "click")
@@ -355,6 +375,18 @@ def test_bundle_app_with_only_its_requirements_finds_the_cat_on_rpi4_emu(bookwor
     seen = subprocess.run(argv + [str(probe)], capture_output=True, text=True, timeout=300, env=env)
     assert seen.returncode == 0, seen.stderr[-2000:]
     assert json.loads(seen.stdout) == {"python": "3.11.2", "found": ["numpy", "PIL", "ai_edge_litert"]}
+    # The device's own Pillow (12 there, 13 here) resizes as training does here, and its bands give those pixels
+    resizes = tmp_path / "resizes.py"
+    resizes.write_text(RESIZES)
+    done = subprocess.run(argv + [str(resizes), str(app / "edgeft-device.pyz")], capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    device = json.loads(done.stdout)
+    here = subprocess.run([sys.executable, str(resizes), str(app / "edgeft-device.pyz")], capture_output=True,
+                          text=True, timeout=300)
+    assert here.returncode == 0, here.stderr[-2000:]
+    assert device["pillow"] == "12.0.0" and json.loads(here.stdout)["rows"] == device["rows"], (device, here.stdout)
+    assert all(row["split"] and row["equal"] for row in device["rows"]), device
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     (inbox / "cat.bmp").write_bytes(CAT.read_bytes())

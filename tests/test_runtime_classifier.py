@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from export_helpers import mobilenet_run, session_export
 
-from conftest import SHARED
+from conftest import SHARED, pillow_two_passes
 
 MODELS = SHARED / "models"
 MODEL = MODELS / "tf2_mobilenet_v2_1.0_224_ptq.tflite"
@@ -203,10 +203,30 @@ def test_runtime_does_not_import_tensorflow_keras_or_click() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_resize_runs_the_horizontal_pass_first_under_any_pillow() -> None:
+    """Pillow 13 runs the vertical pass first when the height shrinks much more than the width; Pillow 12 (on the
+    Pi profiles) never does, and the order shows in the pixels. edgeft's resize is Pillow 12's under either."""
+    from PIL import Image
+
+    from edgeft.targets.images import load_image
+
+    rng = np.random.default_rng(6)
+    portrait = rng.integers(0, 256, (1322, 630, 3), dtype=np.uint8)
+    landscape = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    for frame in (portrait, landscape):
+        reference = np.asarray(pillow_two_passes(Image.fromarray(frame), 224, 224))
+        np.testing.assert_array_equal(load_image(frame, (224, 224)), reference)
+    one_call = np.asarray(Image.fromarray(landscape).resize((224, 224), Image.Resampling.BILINEAR, reducing_gap=3.0))
+    np.testing.assert_array_equal(load_image(landscape, (224, 224)), one_call)
+    one_call = np.asarray(Image.fromarray(portrait).resize((224, 224), Image.Resampling.BILINEAR, reducing_gap=3.0))
+    pillow_major = int(Image.__version__.split(".")[0])
+    assert np.array_equal(load_image(portrait, (224, 224)), one_call) == (pillow_major < 13), Image.__version__
+
+
 def test_resize_in_bands_gives_the_pixels_of_one_resize() -> None:
-    """``threads`` > 1 resizes bands of a repeated frame size at once: the pixels must be one Pillow resize's, bit
-    for bit, for camera sizes, with Pillow's box reduction (scale >= 3) and with either pass first; sizes that
-    cannot be banded exactly fall back to one resize."""
+    """``threads`` > 1 resizes column bands of a repeated frame size at once: the pixels must be the one-piece
+    resize's, bit for bit, for camera sizes, portrait ones and Pillow's box reduction (scale >= 3); sizes that
+    cannot be banded exactly fall back to one piece."""
     from PIL import Image
 
     from edgeft.targets import images
@@ -214,21 +234,21 @@ def test_resize_in_bands_gives_the_pixels_of_one_resize() -> None:
 
     rng = np.random.default_rng(3)
     banded = [((480, 640), (224, 224)), ((720, 1280), (224, 224)), ((1080, 1920), (224, 224)),
-              ((3040, 4056), (224, 224)), ((640, 480), (224, 224)), ((600, 800), (96, 96)),
-              ((1322, 630), (224, 224))]  # the last: Pillow runs the vertical pass first
-    whole = [((479, 641), (96, 96)), ((333, 1001), (96, 128)), ((2464, 3280), (224, 224))]
+              ((3040, 4056), (224, 224)), ((2464, 3280), (224, 224)), ((640, 480), (224, 224)), ((600, 800), (96, 96)),
+              ((1322, 630), (224, 224))]
+    whole = [((479, 641), (96, 96)), ((333, 1001), (96, 128)), ((2464, 3281), (224, 224))]  # 3281 / 4: no exact edge
     for (height, width), (out_h, out_w) in banded + whole:
         frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
         frame[: height // 2] = np.linspace(0, 255, width, dtype=np.uint8)[None, :, None]  # smooth half: rounding shows
-        reference = np.asarray(Image.fromarray(frame).resize((out_w, out_h), Image.Resampling.BILINEAR,
-                                                             reducing_gap=3.0))
-        bands = images._resize_in_bands(Image.fromarray(frame), out_h, out_w, 2)
-        assert (bands is not None) == (((height, width), (out_h, out_w)) in banded), (width, height)
+        reference = np.asarray(pillow_two_passes(Image.fromarray(frame), out_w, out_h))
+        _, box = images._reduce_as_pillow_does(Image.fromarray(frame), out_w, out_h)
+        splits = images._band_edges(box[0], out_w, 2) is not None
+        assert splits == (((height, width), (out_h, out_w)) in banded), (width, height)
         for threads in (2, 3, 4):
             for _ in range(2):  # the first sighting of a size is resized in one piece, the next in bands
                 np.testing.assert_array_equal(load_image(frame, (out_h, out_w), threads=threads), reference,
                                               err_msg=f"{width}x{height} -> {out_w}x{out_h}, {threads} threads")
-    assert images._band_count((100, 100), 224, 224, 4) == 1  # a small source is resized in one piece
+    assert images._band_edges(224.0, 224, 1) is None  # one thread: one piece
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="no fork on Windows")
@@ -260,7 +280,8 @@ def test_classifier_threads_share_the_resize_with_the_same_pixels() -> None:
 
 def _pillow_reference(path: Path, size: int) -> np.ndarray:
     """Training's decoding written out with plain Pillow calls: draft-decode JPEGs at twice the target,
-    first frame, upright by EXIF, transparency over white, RGB, bilinear resize (reducing gap 3)."""
+    first frame, upright by EXIF, transparency over white, RGB, bilinear resize (reducing gap 3, horizontal pass
+    first)."""
     from PIL import Image, ImageOps
 
     with Image.open(path) as image:
@@ -272,7 +293,7 @@ def _pillow_reference(path: Path, size: int) -> np.ndarray:
             image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image.convert("RGBA"))
         image = image.convert("RGB")
         if image.size != (size, size):
-            image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+            image = pillow_two_passes(image, size, size)
         return np.asarray(image)
 
 

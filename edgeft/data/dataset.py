@@ -129,7 +129,7 @@ def hash_file_identity(digest: "hashlib._Hash", files: list[Path]) -> None:
 
 
 def _decode_key(files: list[Path], size: int) -> str:
-    digest = hashlib.sha256(f"decode-v1 size={size}".encode())
+    digest = hashlib.sha256(f"decode-v2 size={size}".encode())  # v2: passes in a fixed order
     hash_file_identity(digest, files)
     return digest.hexdigest()[:32]
 
