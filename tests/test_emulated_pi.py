@@ -326,7 +326,8 @@ def test_doctor_fix_for_a_runtime_too_old_names_a_version_that_runs_the_model(tm
 # ----------------------------------------------------------------------------- 4. the bundle's app
 # What imports in the app's Python: only the bundle's requirements, no edgeft, no TensorFlow, not the
 # userland's own onnxruntime.
-# The bundle's device layer resizing a 640x480 frame (and a portrait one) in one piece and in 2 bands.
+# The bundle's device layer resizing a 640x480 frame (and a portrait one) in one piece and in 2 bands, and
+# decoding image files (JPEG draft decoding, EXIF, progressive, alpha).
 RESIZES = r'''
 import hashlib, json, sys
 import numpy as np
@@ -343,7 +344,9 @@ for height, width in ((480, 640), (1322, 630)):
     box = images._reduce_as_pillow_does(Image.fromarray(frame), 224, 224)[1]
     rows.append({"split": images._band_edges(box[0], 224, 2) is not None,
                  "equal": bool(np.array_equal(whole, banded)), "sha256": hashlib.sha256(whole.tobytes()).hexdigest()})
-print(json.dumps({"pillow": PIL.__version__, "rows": rows}))
+files = {path.rsplit("/", 1)[-1]: [hashlib.sha256(images.load_image(path, (size, size)).tobytes()).hexdigest()
+                                   for size in (224, 96)] for path in sys.argv[2:]}
+print(json.dumps({"pillow": PIL.__version__, "rows": rows, "files": files}))
 '''
 
 IMPORTABLE = r'''
@@ -351,6 +354,24 @@ import importlib.util, json, sys
 names = ("numpy", "PIL", "ai_edge_litert", "onnxruntime", "edgeft", "tensorflow", "click")
 print(json.dumps({"python": sys.version.split()[0], "found": [n for n in names if importlib.util.find_spec(n)]}))
 '''
+
+
+def _awkward_images(folder: Path) -> list[Path]:
+    """Files whose decoding has steps to get wrong: a progressive JPEG, an EXIF-rotated one, a PNG with alpha,
+    a 16-bit grayscale PNG."""
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    photo = np.asarray(Image.open(CAT).convert("RGB").resize((900, 600)))
+    Image.fromarray(photo).save(folder / "progressive.jpg", quality=85, progressive=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(photo[:, :500]).save(folder / "rotated.jpg", quality=90, exif=exif)
+    alpha = rng.integers(0, 256, photo.shape[:2], dtype=np.uint8)
+    Image.fromarray(np.dstack([photo, alpha])).save(folder / "alpha.png")
+    Image.fromarray((photo[..., 0].astype(np.uint16) * 257)).save(folder / "gray16.png")
+    return sorted(folder.iterdir())
 
 
 @pytest.mark.slow
@@ -378,15 +399,17 @@ def test_bundle_app_with_only_its_requirements_finds_the_cat_on_rpi4_emu(bookwor
     # The device's own Pillow (12 there, 13 here) resizes as training does here, and its bands give those pixels
     resizes = tmp_path / "resizes.py"
     resizes.write_text(RESIZES)
-    done = subprocess.run(argv + [str(resizes), str(app / "edgeft-device.pyz")], capture_output=True, text=True,
-                          timeout=600, env=env)
+    files = [str(SHARED / "models" / "parrot.jpg"), str(SHARED / "models" / "grace_hopper.bmp")]
+    files += [str(path) for path in _awkward_images(tmp_path / "awkward")]
+    done = subprocess.run(argv + [str(resizes), str(app / "edgeft-device.pyz"), *files], capture_output=True,
+                          text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     device = json.loads(done.stdout)
-    here = subprocess.run([sys.executable, str(resizes), str(app / "edgeft-device.pyz")], capture_output=True,
-                          text=True, timeout=300)
-    assert here.returncode == 0, here.stderr[-2000:]
-    assert device["pillow"] == "12.0.0" and json.loads(here.stdout)["rows"] == device["rows"], (device, here.stdout)
+    here = json.loads(subprocess.run([sys.executable, str(resizes), str(app / "edgeft-device.pyz"), *files],
+                                     capture_output=True, text=True, timeout=300, check=True).stdout)
+    assert device["pillow"] == "12.0.0" and here["rows"] == device["rows"], (device, here)
     assert all(row["split"] and row["equal"] for row in device["rows"]), device
+    assert len(device["files"]) == 6 and here["files"] == device["files"], (device["files"], here["files"])
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     (inbox / "cat.bmp").write_bytes(CAT.read_bytes())
