@@ -374,6 +374,44 @@ def _awkward_images(folder: Path) -> list[Path]:
     return sorted(folder.iterdir())
 
 
+def _assert_device_pixels_are_the_hosts(argv: list[str], app: Path, tmp_path: Path, env: dict[str, str],
+                                        pillow: str) -> None:
+    """RESIZES on the emulated device (``argv``, the bundle's requirements installed) and here: the same hashes."""
+    resizes = tmp_path / "resizes.py"
+    resizes.write_text(RESIZES)
+    files = [str(SHARED / "models" / "parrot.jpg"), str(SHARED / "models" / "grace_hopper.bmp")]
+    files += [str(path) for path in _awkward_images(tmp_path / "awkward")]
+    done = subprocess.run(argv + [str(resizes), str(app / "edgeft-device.pyz"), *files], capture_output=True,
+                          text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    device = json.loads(done.stdout)
+    here = json.loads(subprocess.run([sys.executable, str(resizes), str(app / "edgeft-device.pyz"), *files],
+                                     capture_output=True, text=True, timeout=300, check=True).stdout)
+    assert device["pillow"] == pillow and here["rows"] == device["rows"], (device, here)
+    assert all(row["split"] and row["equal"] for row in device["rows"]), device
+    assert len(device["files"]) == 6 and here["files"] == device["files"], (device["files"], here["files"])
+
+
+@pytest.mark.slow
+def test_bullseye_python39_device_decodes_files_to_the_hosts_pixels(bullseye: Path, tmp_path: Path) -> None:
+    """Raspberry Pi OS Bullseye's Python 3.9 gets an older Pillow (11.3) from the bundle's requirements: the same
+    pixels as the host's Pillow 13 for frames (either orientation, in bands) and files."""
+    _needs_shared()
+    app = tmp_path / "app"
+    result = run_edgeft("bundle", str(MODEL), "--target", "rpi4", "--out", str(app), "--labels", str(LABELS))
+    assert result.exit_code == 0, result.stderr
+    try:
+        installed = install_requirements(app / "requirements.txt", tmp_path / "site", Userland.BULLSEYE)
+    except TargetError as error:
+        if _in_ci() or "registry is unreachable" not in str(error):
+            raise
+        pytest.skip(str(error))
+    argv = only_folder_argv("cortex-a72", Userland.BULLSEYE, tmp_path / "site", bullseye)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    _assert_device_pixels_are_the_hosts(argv, app, tmp_path, env, installed["pillow"])
+    assert installed["pillow"].split(".")[0] == "11", installed
+
+
 @pytest.mark.slow
 def test_bundle_app_with_only_its_requirements_finds_the_cat_on_rpi4_emu(bookworm: Path, tmp_path: Path) -> None:
     _needs_shared()
@@ -396,20 +434,8 @@ def test_bundle_app_with_only_its_requirements_finds_the_cat_on_rpi4_emu(bookwor
     seen = subprocess.run(argv + [str(probe)], capture_output=True, text=True, timeout=300, env=env)
     assert seen.returncode == 0, seen.stderr[-2000:]
     assert json.loads(seen.stdout) == {"python": "3.11.2", "found": ["numpy", "PIL", "ai_edge_litert"]}
-    # The device's own Pillow (12 there, 13 here) resizes as training does here, and its bands give those pixels
-    resizes = tmp_path / "resizes.py"
-    resizes.write_text(RESIZES)
-    files = [str(SHARED / "models" / "parrot.jpg"), str(SHARED / "models" / "grace_hopper.bmp")]
-    files += [str(path) for path in _awkward_images(tmp_path / "awkward")]
-    done = subprocess.run(argv + [str(resizes), str(app / "edgeft-device.pyz"), *files], capture_output=True,
-                          text=True, timeout=600, env=env)
-    assert done.returncode == 0, done.stderr[-2000:]
-    device = json.loads(done.stdout)
-    here = json.loads(subprocess.run([sys.executable, str(resizes), str(app / "edgeft-device.pyz"), *files],
-                                     capture_output=True, text=True, timeout=300, check=True).stdout)
-    assert device["pillow"] == "12.0.0" and here["rows"] == device["rows"], (device, here)
-    assert all(row["split"] and row["equal"] for row in device["rows"]), device
-    assert len(device["files"]) == 6 and here["files"] == device["files"], (device["files"], here["files"])
+    # The device's own Pillow (12 there, 13 here) decodes and resizes as training does here, in bands too
+    _assert_device_pixels_are_the_hosts(argv, app, tmp_path, env, "12.0.0")
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     (inbox / "cat.bmp").write_bytes(CAT.read_bytes())
