@@ -94,7 +94,7 @@ with tempfile.TemporaryDirectory() as folder:
     model.save(os.path.join(folder, "model.keras"))
 wall = time.perf_counter() - start
 usage = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({"images": len(files), "wall_s": wall, "user_s": usage.ru_utime - start_user, "val_accuracy": accuracy,
+print(json.dumps({"wall_s": wall, "user_s": usage.ru_utime - start_user, "val_accuracy": accuracy,
                   "peak_rss_mb": usage.ru_maxrss / 1024}))
 """
 
