@@ -134,10 +134,10 @@ def _resize_pil(image: Any, height: int, width: int, threads: int = 1) -> Any:
         return np.asarray(image, dtype=np.uint8).copy()
     image, box = _reduce_as_pillow_does(image, width, height)
     edges = [0, width]
-    if threads > 1 and image.size[0] * image.size[1] >= 2 * _MIN_BAND_SOURCE_PIXELS:
-        # Bands pay off for a size seen again (a camera's frames), not for a folder of photos of many sizes.
-        if _seen_before((image.size, (width, height))):
-            edges = _band_edges(box[0], width, threads) or edges
+    bands = min(threads, image.size[0] * image.size[1] // _MIN_BAND_SOURCE_PIXELS)
+    # Bands pay off for a size seen again (a camera's frames), not for a folder of photos of many sizes.
+    if bands > 1 and _seen_before((image.size, (width, height))):
+        edges = _band_edges(box[0], width, bands) or edges
     if len(edges) == 2:
         return _resize_band(image, box, width, height, 0, width)
     others = [_band_pool().submit(_resize_band, image, box, width, height, start, end)
@@ -190,7 +190,7 @@ def _band_edges(box_width: float, width: int, bands: int) -> Optional[List[int]]
 
 
 def _seen_before(key: Tuple[Tuple[int, int], Tuple[int, int]]) -> bool:
-    with _POOL_LOCK:
+    with _LOCK:
         if key in _SEEN:
             return True
         if len(_SEEN) >= 256:
@@ -201,7 +201,7 @@ def _seen_before(key: Tuple[Tuple[int, int], Tuple[int, int]]) -> bool:
 
 _POOL: Any = None
 _POOL_PID = 0
-_POOL_LOCK = threading.Lock()
+_LOCK = threading.Lock()
 _SEEN: Set[Tuple[Tuple[int, int], Tuple[int, int]]] = set()
 
 
@@ -212,7 +212,7 @@ def _band_pool() -> Any:
     parent's idle workers do not exist there, and a task queued for them would never run.
     """
     global _POOL, _POOL_PID
-    with _POOL_LOCK:
+    with _LOCK:
         if _POOL is None or _POOL_PID != os.getpid():
             from concurrent.futures import ThreadPoolExecutor
 
