@@ -161,18 +161,27 @@ def _compare(data: Path, epochs: int, image_size: int, skip_textbook: bool) -> d
     }
 
 
+def _views(text: str) -> int:
+    """``--views``: a whole number, 1 (the set as it is) or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1 (1 = the set as it is)")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", default="10,30", help="comma-separated epoch counts [10,30]")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--skip-textbook", action="store_true", help="edgeft and its limit only")
-    parser.add_argument("--views", type=int, default=1, help="each photo K times (itself and K - 1 crops) [1]")
+    parser.add_argument("--views", type=_views, default=1, help="each photo K times (itself and K - 1 crops) [1]")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "finetune_vs_textbook.json")
     args = parser.parse_args()
     if not DATA.is_dir() or not WEIGHTS.is_file():
         raise SystemExit(f"needs {DATA} and {WEIGHTS} (the shared offline assets)")
-    if args.views < 1:
-        raise SystemExit("--views must be 1 or more")
     with tempfile.TemporaryDirectory() as scratch:
         data = DATA if args.views == 1 else _expanded_set(args.views, Path(scratch) / "data")
         runs = [_compare(data, int(epochs), args.image_size, args.skip_textbook) for epochs in args.epochs.split(",")]

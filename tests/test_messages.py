@@ -331,3 +331,13 @@ def test_banner_filter_survives_threads_loading_at_once(capfd: pytest.CaptureFix
     os.write(2, b"after the threads\n")
     err = capfd.readouterr().err
     assert BANNER not in err and err.count("native line") == 80 and err.endswith("after the threads\n")
+
+
+@pytest.mark.parametrize("value, message", [("0", "0 is below 1 (1 = the set as it is)"),
+                                            ("two", "'two' is not a whole number")])
+def test_head_benchmark_refuses_a_bad_views_count(value: str, message: str) -> None:
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_finetune_vs_textbook.py"), "--views", value],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines()[-1].endswith(f"error: argument --views: {message}"), done.stderr
+    assert "Traceback" not in done.stderr
