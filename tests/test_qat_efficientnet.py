@@ -10,15 +10,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import write_digits
 
 DIGITS_PER_CLASS = 40  # 320 train, 80 val images
 EPOCHS = 8
-MIN_ACCURACY = 0.4  # 10 balanced classes: chance, and any constant model, score 0.10
-MIN_AGREEMENT = 0.9  # int8 TFLite vs the QAT Keras model, top-1
-MAX_ACCURACY_GAP = 0.05  # int8 TFLite accuracy vs the QAT Keras model's, on the same images
+# 10 balanced classes: chance, and any constant model, score 0.10; 0.25 of 80 images is far above
+# both. The float model scores 0.36-0.65 by seed and CPU after 8 epochs (one CI machine: 0.59).
+MIN_ACCURACY = 0.25
+# int8 TFLite vs the QAT Keras model, image by image. A model this weak (QAT 0.55-0.66 here, by
+# seed and CPU) has many near-ties, which one rounding step flips: top-1 agreement over all images
+# measured 0.86-0.93. So top-1 must agree wherever the QAT model's lead is clear, and the
+# probabilities must be close everywhere. Measured (seeds 0-2): no disagreement above a lead of
+# 0.19, 25-47 of 80 images at or above 0.25, mean |p_int8 - p_qat| 0.008-0.011.
+CLEAR_LEAD = 0.25  # top-1 minus top-2 probability of the QAT model
+MIN_CLEAR_IMAGES = 15
+MAX_MEAN_PROBABILITY_DIFF = 0.03
 
 
 @pytest.mark.slow  # a few minutes on 2 cores: training from scratch, QAT, and the QAT int8 conversion
@@ -48,8 +57,30 @@ def test_efficientnet_qat_int8_agrees_with_the_qat_model(tmp_path: Path) -> None
                                                  int8=True, calib_size=32, isolate=False, latency_runs=3,
                                                  max_drop=100.0))
     int8 = next(a for a in report["artifacts"] if a["format"] == "tflite" and a["precision"] == "int8")
-    assert int8["agreement"] >= MIN_AGREEMENT, int8
-    assert abs(int8["accuracy"] - report["keras_accuracy"]) <= MAX_ACCURACY_GAP, (int8, report["keras_accuracy"])
+    qat_probs, int8_probs = _val_outputs(qat_dir, tmp_path / "export" / "model_int8.tflite")
+    ranked = np.sort(qat_probs, axis=1)
+    clear = ranked[:, -1] - ranked[:, -2] >= CLEAR_LEAD
+    agree = qat_probs.argmax(axis=1) == int8_probs.argmax(axis=1)
+    assert clear.sum() >= MIN_CLEAR_IMAGES, f"only {clear.sum()} images with a clear lead"
+    assert agree[clear].all(), f"{(~agree[clear]).sum()} of {clear.sum()} clear images disagree"
+    assert np.abs(int8_probs - qat_probs).mean() <= MAX_MEAN_PROBABILITY_DIFF
+    assert int8["agreement"] == pytest.approx(agree.mean())  # the report measures the same thing
     assert int8["size_bytes"] <= 0.32 * 16_000_000  # EfficientNet-B0 float32 TFLite is about 16 MB
     edgetpu = next(a for a in report["artifacts"] if a["format"] == "edgetpu")
     assert edgetpu["details"]["full_integer"] and edgetpu["details"]["static_shapes"]
+
+
+def _val_outputs(run_dir: Path, tflite: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The QAT Keras model's and the int8 artifact's probabilities on the run's val split (as export feeds them)."""
+    from edgeft import targets as device
+    from edgeft.data.dataset import load_samples
+    from edgeft.export.validate import load_model
+    from edgeft.run.rundir import RunDir
+    from edgeft.tfcompat import load_keras_model
+
+    run = RunDir.open(run_dir)
+    val = load_samples(run.samples("val"), run.manifest.image_size, label="decoding val images")
+    keras_model = load_keras_model(run.model_path)
+    qat_probs = np.asarray(keras_model(run.manifest.preprocessing.apply(val.images), training=False), np.float32)
+    artifact = load_model(tflite, "tflite", 1)
+    return qat_probs, artifact.predict(device.resize_images(val.images, *artifact.input_size))
