@@ -14,7 +14,8 @@ from conftest import HYMENOPTERA, SHARED_WEIGHTS
 from edgeft.testing import HeadRunSpec, ShapesSpec, build_head_run, write_shapes
 
 MOBILENET_035_WEIGHTS = SHARED_WEIGHTS  # the name the export tests use
-__all__ = ["HYMENOPTERA", "MOBILENET_035_WEIGHTS", "mobilenet_run", "session_export", "session_run"]
+__all__ = ["HYMENOPTERA", "MOBILENET_035_WEIGHTS", "clear_lead", "keras_and_artifact_outputs", "mobilenet_run", "session_export",
+           "session_run"]
 
 
 def session_run(tmp_path_factory: Any, name: str, data_size: int = 72, **spec: Any) -> Path:
@@ -61,3 +62,30 @@ def session_export(tmp_path_factory: Any, run: Path, name: str = "int8-tflite-on
                                          isolate=False, latency_runs=2, max_drop=100.0)
         report = main_export(config)
     return out, report
+
+
+def keras_and_artifact_outputs(run_dir: Path, artifact: Path) -> tuple[Any, Any]:
+    """The run's Keras model's and ``artifact``'s probabilities on the run's val split, the artifact fed as export
+    validates it (uint8 pixels, its sidecar, in the device backend its suffix names)."""
+    import numpy as np
+
+    from edgeft import targets as device
+    from edgeft.data.dataset import load_samples
+    from edgeft.export.validate import load_model
+    from edgeft.run.rundir import RunDir
+    from edgeft.tfcompat import load_keras_model
+
+    run = RunDir.open(run_dir)
+    val = load_samples(run.samples("val"), run.manifest.image_size, label="decoding val images")
+    keras_model = load_keras_model(run.model_path)
+    keras_probs = np.asarray(keras_model(run.manifest.preprocessing.apply(val.images), training=False), np.float32)
+    model = load_model(artifact, artifact.suffix.lstrip("."), 1)
+    return keras_probs, model.predict(device.resize_images(val.images, *model.input_size))
+
+
+def clear_lead(probs: Any, lead: float) -> Any:
+    """Where the top-1 probability leads the second by at least ``lead`` (a boolean mask over images)."""
+    import numpy as np
+
+    ranked = np.sort(probs, axis=1)
+    return ranked[:, -1] - ranked[:, -2] >= lead

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
-from export_helpers import mobilenet_run
+from export_helpers import clear_lead, keras_and_artifact_outputs, mobilenet_run
 
 from edgeft.errors import QuantizationError
 
@@ -51,8 +52,19 @@ def test_qat_export_int8_keeps_trained_ranges(qat_run: Path, tmp_path: Path, mon
     assert report["run_kind"] == "qat"
     assert {a["source"] for a in report["artifacts"]} == {"qat"}
     assert [s["format"] + ":" + s["precision"] for s in report["skipped"]] == ["tflite:float32", "onnx:float32"]
-    assert by_key[("tflite", "int8")]["agreement"] >= 0.9  # int8 TFLite computes what the QAT model computes
-    assert by_key[("onnx", "int8")]["agreement"] >= 0.9
+    # int8 TFLite computes what the QAT model computes: top-1 agrees wherever the QAT model's lead is clear
+    # (18 val images; whole-set agreement was 17/18 on two of three seeds, the miss at a lead of 0.02-0.03)
+    # and the probabilities stay close (mean |difference| 0.007 measured, seeds 0-2).
+    qat_probs, tflite_probs = keras_and_artifact_outputs(qat_run, tmp_path / "model_int8.tflite")
+    clear = clear_lead(qat_probs, 0.25)
+    assert clear.sum() >= 9 and (tflite_probs.argmax(1) == qat_probs.argmax(1))[clear].all()
+    assert np.abs(tflite_probs - qat_probs).mean() <= 0.02
+    assert by_key[("tflite", "int8")]["agreement"] == pytest.approx(np.mean(tflite_probs.argmax(1) == qat_probs.argmax(1)))
+    # ONNX follows the QAT model less closely (its quantizer sets its own scales from the QAT ranges):
+    # mean |difference| 0.021-0.029 and 17-18 of 18 agreeing on seeds 0-2, once on an image led by 0.51.
+    _, onnx_probs = keras_and_artifact_outputs(qat_run, tmp_path / "model_int8.onnx")
+    assert np.abs(onnx_probs - qat_probs).mean() <= 0.05
+    assert by_key[("onnx", "int8")]["agreement"] >= 16 / 18
     onnx_facts = json.loads((tmp_path / "model_int8.onnx.json").read_text())["onnx"]
     assert "QAT ranges" in onnx_facts["converter"] and onnx_facts["qat_ranges_applied"] > 20  # the QAT model's own
     assert onnx_facts["weight_type"] == "QInt8"

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import write_digits
+from export_helpers import clear_lead, keras_and_artifact_outputs
 
 DIGITS_PER_CLASS = 40  # 320 train, 80 val images
 EPOCHS = 8
@@ -57,9 +58,8 @@ def test_efficientnet_qat_int8_agrees_with_the_qat_model(tmp_path: Path) -> None
                                                  int8=True, calib_size=32, isolate=False, latency_runs=3,
                                                  max_drop=100.0))
     int8 = next(a for a in report["artifacts"] if a["format"] == "tflite" and a["precision"] == "int8")
-    qat_probs, int8_probs = _val_outputs(qat_dir, tmp_path / "export" / "model_int8.tflite")
-    ranked = np.sort(qat_probs, axis=1)
-    clear = ranked[:, -1] - ranked[:, -2] >= CLEAR_LEAD
+    qat_probs, int8_probs = keras_and_artifact_outputs(qat_dir, tmp_path / "export" / "model_int8.tflite")
+    clear = clear_lead(qat_probs, CLEAR_LEAD)
     agree = qat_probs.argmax(axis=1) == int8_probs.argmax(axis=1)
     assert clear.sum() >= MIN_CLEAR_IMAGES, f"only {clear.sum()} images with a clear lead"
     assert agree[clear].all(), f"{(~agree[clear]).sum()} of {clear.sum()} clear images disagree"
@@ -69,18 +69,3 @@ def test_efficientnet_qat_int8_agrees_with_the_qat_model(tmp_path: Path) -> None
     edgetpu = next(a for a in report["artifacts"] if a["format"] == "edgetpu")
     assert edgetpu["details"]["full_integer"] and edgetpu["details"]["static_shapes"]
 
-
-def _val_outputs(run_dir: Path, tflite: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The QAT Keras model's and the int8 artifact's probabilities on the run's val split (as export feeds them)."""
-    from edgeft import targets as device
-    from edgeft.data.dataset import load_samples
-    from edgeft.export.validate import load_model
-    from edgeft.run.rundir import RunDir
-    from edgeft.tfcompat import load_keras_model
-
-    run = RunDir.open(run_dir)
-    val = load_samples(run.samples("val"), run.manifest.image_size, label="decoding val images")
-    keras_model = load_keras_model(run.model_path)
-    qat_probs = np.asarray(keras_model(run.manifest.preprocessing.apply(val.images), training=False), np.float32)
-    artifact = load_model(tflite, "tflite", 1)
-    return qat_probs, artifact.predict(device.resize_images(val.images, *artifact.input_size))
