@@ -14,8 +14,8 @@ from conftest import HYMENOPTERA, SHARED_WEIGHTS
 from edgeft.testing import HeadRunSpec, ShapesSpec, build_head_run, write_shapes
 
 MOBILENET_035_WEIGHTS = SHARED_WEIGHTS  # the name the export tests use
-__all__ = ["HYMENOPTERA", "MOBILENET_035_WEIGHTS", "clear_lead", "keras_and_artifact_outputs", "mobilenet_run", "session_export",
-           "session_run"]
+__all__ = ["HYMENOPTERA", "MOBILENET_035_WEIGHTS", "clear_lead", "keras_and_artifact_outputs", "mobilenet_run",
+           "session_export", "session_run"]
 
 
 def session_run(tmp_path_factory: Any, name: str, data_size: int = 72, **spec: Any) -> Path:
@@ -64,9 +64,9 @@ def session_export(tmp_path_factory: Any, run: Path, name: str = "int8-tflite-on
     return out, report
 
 
-def keras_and_artifact_outputs(run_dir: Path, artifact: Path) -> tuple[Any, Any]:
-    """The run's Keras model's and ``artifact``'s probabilities on the run's val split, the artifact fed as export
-    validates it (uint8 pixels, its sidecar, in the device backend its suffix names)."""
+def keras_and_artifact_outputs(run_dir: Path, *artifacts: Path) -> tuple[Any, list[Any]]:
+    """The run's Keras model's probabilities on the run's val split, and each artifact's, fed as export validates
+    it (uint8 pixels, its sidecar, in the device backend its suffix names); the split is decoded once."""
     import numpy as np
 
     from edgeft import targets as device
@@ -79,8 +79,11 @@ def keras_and_artifact_outputs(run_dir: Path, artifact: Path) -> tuple[Any, Any]
     val = load_samples(run.samples("val"), run.manifest.image_size, label="decoding val images")
     keras_model = load_keras_model(run.model_path)
     keras_probs = np.asarray(keras_model(run.manifest.preprocessing.apply(val.images), training=False), np.float32)
-    model = load_model(artifact, artifact.suffix.lstrip("."), 1)
-    return keras_probs, model.predict(device.resize_images(val.images, *model.input_size))
+    outputs = []
+    for artifact in artifacts:
+        model = load_model(artifact, artifact.suffix.lstrip("."), 1)
+        outputs.append(model.predict(device.resize_images(val.images, *model.input_size)))
+    return keras_probs, outputs
 
 
 def clear_lead(probs: Any, lead: float) -> Any:

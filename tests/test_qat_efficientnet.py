@@ -58,7 +58,7 @@ def test_efficientnet_qat_int8_agrees_with_the_qat_model(tmp_path: Path) -> None
                                                  int8=True, calib_size=32, isolate=False, latency_runs=3,
                                                  max_drop=100.0))
     int8 = next(a for a in report["artifacts"] if a["format"] == "tflite" and a["precision"] == "int8")
-    qat_probs, int8_probs = keras_and_artifact_outputs(qat_dir, tmp_path / "export" / "model_int8.tflite")
+    qat_probs, (int8_probs,) = keras_and_artifact_outputs(qat_dir, tmp_path / "export" / "model_int8.tflite")
     clear = clear_lead(qat_probs, CLEAR_LEAD)
     agree = qat_probs.argmax(axis=1) == int8_probs.argmax(axis=1)
     assert clear.sum() >= MIN_CLEAR_IMAGES, f"only {clear.sum()} images with a clear lead"
@@ -68,4 +68,3 @@ def test_efficientnet_qat_int8_agrees_with_the_qat_model(tmp_path: Path) -> None
     assert int8["size_bytes"] <= 0.32 * 16_000_000  # EfficientNet-B0 float32 TFLite is about 16 MB
     edgetpu = next(a for a in report["artifacts"] if a["format"] == "edgetpu")
     assert edgetpu["details"]["full_integer"] and edgetpu["details"]["static_shapes"]
-
