@@ -129,17 +129,107 @@ def test_float_model_gets_the_weights_of_a_saved_qat_model(models: tuple[Any, An
 
 def test_float_model_gets_the_qat_weights(models: tuple[Any, Any, np.ndarray]) -> None:
     from edgeft.errors import QuantizationError
-    from edgeft.export.onnx_qat import float_model_with_qat_weights
+    from edgeft.export.onnx_qat import float_model_with_qat_weights, qat_weight_grids
 
     float_model, qat, _ = models
     kernel = next(w for w in qat.get_layer("quant_c1").weights if w.name.startswith("c1/kernel"))
     original = np.asarray(kernel).copy()
     kernel.assign(kernel * 1.01)
     copy = float_model_with_qat_weights(qat, float_model)
-    np.testing.assert_allclose(copy.get_layer("c1").get_weights()[0], np.asarray(kernel))
+    grid = qat_weight_grids(qat)["c1"]
+    # the copy computes with the kernel as the QAT model does: the trained one, on its grid
+    np.testing.assert_allclose(copy.get_layer("c1").get_weights()[0], grid.quantized)
+    levels = grid.quantized / grid.steps
+    np.testing.assert_allclose(levels, np.rint(levels), atol=1e-3)
+    inside = np.abs(np.asarray(kernel)) <= 127 * grid.steps  # clipped weights move further
+    assert np.all(np.abs(grid.quantized - np.asarray(kernel))[inside] <= (0.5 + 1e-3) * np.broadcast_to(grid.steps, kernel.shape)[inside])
     np.testing.assert_allclose(copy.get_layer("predictions").get_weights()[1],
                                float_model.get_layer("predictions").get_weights()[1])
     assert not np.allclose(copy.get_layer("c1").get_weights()[0], float_model.get_layer("c1").get_weights()[0])
     kernel.assign(original)
     with pytest.raises(QuantizationError):
         float_model_with_qat_weights(float_model, float_model)
+
+
+def test_qdq_onnx_keeps_the_trained_weight_grids(models: tuple[Any, Any, np.ndarray], tmp_path: Path) -> None:
+    """Every int8 kernel dequantizes to the folded float kernel exactly: no second rounding.
+
+    tfmot quantizes the depthwise and Dense kernels per tensor and before BatchNorm folding;
+    onnxruntime's own per-channel scales would round those weights again.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    from edgeft.export.onnx_qat import qat_qdq_onnx
+
+    float_model, qat, pixels = models
+    info = qat_qdq_onnx(qat, float_model, SIZE, pixels[:16], _pre, tmp_path / "qat.onnx", float_out=tmp_path / "float.onnx")
+    assert info["qat_weight_grids"] == 4  # c1, dw, proj, predictions
+    folded = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "float.onnx")).graph.initializer}
+    proto = onnx.load(str(tmp_path / "qat.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    checked = 0
+    for node in proto.graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in inits or inits[node.input[0]].dtype == np.int32:
+            continue
+        source = node.input[0].removesuffix("_quantized")
+        if source not in folded:
+            continue
+        values, scale, zero = (inits[name].astype(np.float64) for name in node.input[:3])
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        shape = [1] * values.ndim
+        shape[axis] = -1
+        dequantized = (values - zero.reshape(shape)) * scale.reshape(shape)
+        np.testing.assert_allclose(dequantized, folded[source], rtol=1e-5, atol=1e-7, err_msg=source)
+        checked += 1
+    assert checked == 4
+
+
+def test_qdq_onnx_keeps_a_silent_channels_bias(tmp_path: Path) -> None:
+    """A channel whose trained kernel is all but zero outputs its bias; at the kernel's own step that
+    bias would not fit int32 and be clipped (uint8 weights), so its scale grows until it fits."""
+    from edgeft.export.onnx_qat import qat_qdq_onnx
+    from edgeft.quantization.qat import quantize_flat_model
+    from edgeft.tfcompat import keras
+    from reference_runners import onnx_runner
+
+    k = keras()
+    inputs = k.Input((SIZE, SIZE, 3), name="image")
+    x = k.layers.Conv2D(4, 3, use_bias=False, name="c1")(inputs)
+    x = k.layers.BatchNormalization(name="c1_bn")(x)
+    x = k.layers.ReLU(6.0, name="c1_relu")(x)
+    x = k.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = k.layers.Dense(2, activation="softmax", name="predictions")(x)
+    model = k.Model(inputs, outputs, name="silent")
+    rng = np.random.default_rng(1)
+    kernel = rng.normal(size=(3, 3, 3, 4)).astype(np.float32) * 0.3
+    kernel[..., 0] *= 1e-8  # the silent channel
+    model.get_layer("c1").set_weights([kernel])
+    model.get_layer("c1_bn").set_weights([np.ones(4, np.float32), np.array([2.0, 0.5, 0.5, 0.5], np.float32),
+                                          np.zeros(4, np.float32), np.ones(4, np.float32)])
+    model.get_layer("predictions").set_weights([np.array([[4.0, -4.0], [1, -1], [-1, 1], [0.5, -0.5]], np.float32),
+                                                np.zeros(2, np.float32)])
+    pixels = rng.integers(0, 256, (8, SIZE, SIZE, 3), dtype=np.uint8)
+    qat = quantize_flat_model(model)
+    pooled = np.asarray(k.Model(model.input, model.get_layer("pool").output)(_pre(pixels)))
+    for wrapper in qat.layers:
+        variables = {w.name.split("/")[-1].split(":")[0]: w for w in wrapper.weights}
+        if "quantize_layer" in wrapper.name:
+            for name, variable in variables.items():
+                if name.endswith(("_min", "_max")):
+                    variable.assign(-1.0 if name.endswith("_min") else 1.0)
+        elif "output_max" in variables:
+            variables["output_min"].assign(0.0)
+            variables["output_max"].assign(6.0)
+        elif "pre_activation_max" in variables:
+            logits = pooled @ model.get_layer("predictions").get_weights()[0]
+            variables["pre_activation_min"].assign(float(logits.min()) - 1.0)
+            variables["pre_activation_max"].assign(float(logits.max()) + 1.0)
+    qat(_pre(pixels[:1]), training=True)  # the kernels' ranges come from a training step
+    out = tmp_path / "silent.onnx"
+    qat_qdq_onnx(qat, model, SIZE, pixels, _pre, out, weight_type="uint8")
+    reference = np.asarray(qat(_pre(pixels), training=False))
+    runner = onnx_runner(out)
+    outputs = np.concatenate([runner.predict(_pre(pixels[i : i + 1])) for i in range(len(pixels))])
+    # the silent channel adds 2.0 * 4.0 to the first logit; clipped, it would add about nothing
+    np.testing.assert_allclose(outputs, reference, atol=0.05)

@@ -52,22 +52,22 @@ def test_qat_export_int8_keeps_trained_ranges(qat_run: Path, tmp_path: Path, mon
     assert report["run_kind"] == "qat"
     assert {a["source"] for a in report["artifacts"]} == {"qat"}
     assert [s["format"] + ":" + s["precision"] for s in report["skipped"]] == ["tflite:float32", "onnx:float32"]
-    # int8 TFLite computes what the QAT model computes: top-1 agrees wherever the QAT model's lead is clear
-    # (18 val images; whole-set agreement was 17/18 on two of three seeds, the miss at a lead of 0.02-0.03)
-    # and the probabilities stay close (mean |difference| 0.007 measured, seeds 0-2).
-    qat_probs, (tflite_probs, onnx_probs) = keras_and_artifact_outputs(
+    # int8 TFLite and ONNX compute what the QAT model computes: top-1 agrees wherever the QAT model's lead
+    # is clear (18 val images; whole-set agreement was 17/18 on two of three seeds, the miss at a lead of
+    # 0.02-0.03) and the probabilities stay close (mean |difference| 0.007 TFLite, 0.006-0.008 ONNX
+    # measured on seeds 0-2; ONNX was 0.021-0.029 while onnxruntime chose its own weight scales).
+    qat_probs, artifact_probs = keras_and_artifact_outputs(
         qat_run, tmp_path / "model_int8.tflite", tmp_path / "model_int8.onnx")
     clear = clear_lead(qat_probs, 0.25)
-    agree = tflite_probs.argmax(1) == qat_probs.argmax(1)
-    assert clear.sum() >= 9 and agree[clear].all()
-    assert np.abs(tflite_probs - qat_probs).mean() <= 0.02
-    assert by_key[("tflite", "int8")]["agreement"] == pytest.approx(agree.mean())
-    # ONNX follows the QAT model less closely (its quantizer sets its own scales from the QAT ranges):
-    # mean |difference| 0.021-0.029 and 17-18 of 18 agreeing on seeds 0-2, once on an image led by 0.51.
-    assert np.abs(onnx_probs - qat_probs).mean() <= 0.05
-    assert by_key[("onnx", "int8")]["agreement"] >= 16 / 18
+    assert clear.sum() >= 9
+    for name, probs in zip(("tflite", "onnx"), artifact_probs):
+        agree = probs.argmax(1) == qat_probs.argmax(1)
+        assert agree[clear].all(), name
+        assert np.abs(probs - qat_probs).mean() <= 0.02, name
+        assert by_key[(name, "int8")]["agreement"] == pytest.approx(agree.mean()), name
     onnx_facts = json.loads((tmp_path / "model_int8.onnx.json").read_text())["onnx"]
     assert "QAT ranges" in onnx_facts["converter"] and onnx_facts["qat_ranges_applied"] > 20  # the QAT model's own
+    assert onnx_facts["qat_weight_grids"] == 53  # every convolution and the Dense layer on its trained grid
     assert onnx_facts["weight_type"] == "QInt8"
     assert read_tflite_metadata(tmp_path / "model_int8.tflite")["source"] == "qat"
 

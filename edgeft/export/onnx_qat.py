@@ -1,16 +1,26 @@
-"""QDQ ONNX from a QAT run whose activation ranges are the QAT model's own.
+"""QDQ ONNX from a QAT run whose activation ranges and weight grids are the QAT model's own.
 
 The route through the int8 TFLite model (QAT Keras -> TFLite int8 -> ``tf2onnx.from_tflite``)
 lost top-1 agreement with the Keras QAT model, and tf2onnx applied to the Keras QAT graph itself
 mis-converts tfmot's fake-quant nodes. This route instead:
 
 1. builds the float model with the QAT model's trained weights (each ``QuantizeWrapperV2``'s
-   inner layer copied into the same-named layer of the parent float architecture);
+   inner layer copied into the same-named layer of the parent float architecture), each kernel
+   as the QAT model computes with it: on the grid tfmot trained it on (:func:`qat_weight_grids`);
 2. converts it with tf2onnx (BatchNorm folds into the convolutions as it does for TFLite);
-3. quantizes it with onnxruntime's static QDQ quantizer, per-channel weights, with every
-   activation whose range tfmot learned (``quantize_layer``, ``output``, ``post_activation``,
-   ``pre_activation`` min/max) pinned to that range through ``TensorQuantOverrides``. Tensors
+3. quantizes it with onnxruntime's static QDQ quantizer with every activation whose range tfmot
+   learned (``quantize_layer``, ``output``, ``post_activation``, ``pre_activation`` min/max) pinned
+   to that range, and every kernel's per-channel scale set to its QAT step times the channel's
+   BatchNorm factor (:func:`weight_overrides`), both through ``TensorQuantOverrides``. Tensors
    tfmot did not quantize take the calibration range, as the TFLite converter does.
+
+Why the weight scales are given rather than left to onnxruntime: tfmot quantizes a depthwise
+kernel and a Dense kernel per tensor (its per-axis depthwise quantizer works on the depth
+multiplier, 1 here) and on the kernel before BatchNorm folding. Folding multiplies each output
+channel by a constant, so the trained kernel lands exactly on a per-channel grid whose step is
+the QAT step times that constant; onnxruntime's own per-channel max-abs scale is a finer grid
+that rounds the trained weights again, and a channel whose weights are all zero gets a scale so
+small that its bias no longer fits int32 (onnxruntime clips it for uint8 weights).
 
 Keras layer outputs are found in the ONNX graph by tf2onnx's naming (``<model>/<layer>/...``):
 the tensor a layer's scope hands to the next layer. Ranges also pass through ops that only move
@@ -30,6 +40,22 @@ from edgeft.errors import ExportError, QuantizationError, first_line
 
 INPUT_RANGE = "__input__"
 _MOVES_VALUES = ("Transpose", "Pad", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity")
+
+
+@dataclass(frozen=True)
+class QatWeightGrid:
+    """The symmetric grid tfmot trained one layer's kernel on, and the kernel on it.
+
+    ``steps`` and ``levels`` have one entry per output channel in Keras' order (the last axis; a
+    depthwise kernel's channels and multipliers flattened): the grid step, and the largest
+    ``|kernel| / step`` of the channel (0 for a channel of zeros).
+    """
+
+    layer: str
+    weight: str
+    quantized: np.ndarray
+    steps: np.ndarray
+    levels: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -65,6 +91,89 @@ def qat_activation_ranges(qat_model: Any) -> list[QatRange]:
     return ranges
 
 
+def qat_weight_grids(qat_model: Any) -> dict[str, QatWeightGrid]:
+    """Each QAT-wrapped layer's kernel grid (by the inner layer's name), from its quantizer's min/max.
+
+    Only symmetric grids are listed (tfmot's default 8-bit scheme); a layer with another
+    quantizer is left to onnxruntime's own scales.
+    """
+    from edgeft.tfcompat import tf
+
+    tfm = tf()
+    grids: dict[str, QatWeightGrid] = {}
+    for layer in qat_model.layers:
+        inner, config = getattr(layer, "layer", None), getattr(layer, "quantize_config", None)
+        quantizer = getattr(config, "weight_quantizer", None)
+        if inner is None or quantizer is None or not getattr(quantizer, "symmetric", False):
+            continue
+        variables = {w.name.split(":")[0].split("/")[-1]: w for w in layer.weights}
+        for weight in ("kernel", "depthwise_kernel"):
+            if not {weight, f"{weight}_min", f"{weight}_max"} <= variables.keys():
+                continue
+            kernel = np.asarray(variables[weight], np.float32)
+            low = np.asarray(variables[f"{weight}_min"], np.float32).reshape(-1)
+            high = np.asarray(variables[f"{weight}_max"], np.float32).reshape(-1)
+            if low.size not in (1, kernel.shape[-1]) or not np.allclose(low, -high, rtol=1e-6, atol=0.0):
+                continue
+            bits, narrow = int(quantizer.num_bits), bool(quantizer.narrow_range)
+            if low.size == 1:
+                quantized = tfm.quantization.fake_quant_with_min_max_vars(
+                    kernel, float(low[0]), float(high[0]), num_bits=bits, narrow_range=narrow)
+            else:
+                quantized = tfm.quantization.fake_quant_with_min_max_vars_per_channel(
+                    kernel, low, high, num_bits=bits, narrow_range=narrow)
+            quantized = np.asarray(quantized, np.float32)
+            count = int(np.prod(kernel.shape[2:])) if weight == "depthwise_kernel" else kernel.shape[-1]
+            channels = quantized.reshape(-1, count)
+            # one step per quantizer channel (1, or the kernel's last axis), repeated over the flattened channels
+            steps = np.resize((high - low) / float(2**bits - 1 - int(narrow)), count)
+            levels = np.rint(np.abs(channels).max(axis=0) / np.where(steps > 0, steps, 1.0)).astype(np.int64)
+            grids[inner.name] = QatWeightGrid(inner.name, weight, quantized, np.asarray(steps, np.float32), levels)
+    return grids
+
+
+def weight_overrides(proto: Any, model_name: str, grids: dict[str, QatWeightGrid],
+                     activation_ranges: dict[str, tuple[float, float]], zero_point: int) -> dict[str, list[dict[str, Any]]]:
+    """Per-channel ``scale``/``zero_point`` overrides putting each folded QAT kernel on its trained grid.
+
+    A channel's folded weights are ``factor * levels * step`` in whole steps, so its ONNX scale is
+    its largest |weight| over its level. A channel whose bias would not fit int32 at that scale
+    (the input's scale times the weight scale; weights all but zero) gets the smallest scale that fits.
+    """
+    from onnx import numpy_helper
+
+    initializers = {init.name: init for init in proto.graph.initializer}
+    int32_max = float(np.iinfo(np.int32).max)
+    overrides: dict[str, list[dict[str, Any]]] = {}
+    for node in proto.graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2 or node.input[1] not in initializers:
+            continue
+        parts = node.name.split("/")
+        grid = grids.get(parts[1]) if len(parts) > 2 and parts[0] == model_name else None
+        if grid is None:
+            continue
+        weights = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float64)
+        transposed = any(a.name == "transB" and a.i for a in node.attribute)
+        axis = 0 if node.op_type == "Conv" or transposed else weights.ndim - 1
+        if weights.shape[axis] != grid.levels.size:
+            continue
+        largest = np.abs(np.moveaxis(weights, axis, 0).reshape(weights.shape[axis], -1)).max(axis=1)
+        live = grid.levels > 0
+        scales = np.where(live, largest / np.maximum(grid.levels, 1), 0.0)
+        fallback = float(np.median(scales[live])) if live.any() else 1.0
+        scales = np.where(live & (scales > 0), scales, fallback)
+        if len(node.input) > 2 and node.input[2] in initializers and node.input[0] in activation_ranges:
+            low, high = activation_ranges[node.input[0]]
+            input_scale = (max(high, 0.0) - min(low, 0.0)) / 255.0
+            if input_scale > 0:
+                bias = np.abs(numpy_helper.to_array(initializers[node.input[2]]).astype(np.float64)).reshape(-1)
+                if bias.size == scales.size:
+                    scales = np.maximum(scales, bias * 1.0001 / (int32_max * input_scale))
+        overrides[node.input[1]] = [{"axis": axis, "scale": np.float32(scale), "zero_point": zero_point}
+                                    for scale in scales]
+    return overrides
+
+
 def copy_has_weights(model: Any, name: str) -> bool:
     """Whether ``model`` has a layer ``name`` with weights (tfmot hides the inner layer's own kernel)."""
     try:
@@ -73,12 +182,15 @@ def copy_has_weights(model: Any, name: str) -> bool:
         return True  # reported as a missing counterpart
 
 
-def float_model_with_qat_weights(qat_model: Any, float_model: Any) -> Any:
-    """A copy of ``float_model`` (the parent run's architecture) carrying the QAT model's trained weights."""
+def float_model_with_qat_weights(qat_model: Any, float_model: Any,
+                                 grids: dict[str, QatWeightGrid] | None = None) -> Any:
+    """A copy of ``float_model`` (the parent run's architecture) carrying the QAT model's trained weights,
+    each QAT kernel on its trained grid (the weights the QAT model computes with)."""
     from edgeft.tfcompat import keras
 
     copy = keras().models.clone_model(float_model)
     copy.set_weights(float_model.get_weights())
+    grids = qat_weight_grids(qat_model) if grids is None else grids
     names = {layer.name for layer in copy.layers}
     copied = 0
     for layer in qat_model.layers:
@@ -99,7 +211,8 @@ def float_model_with_qat_weights(qat_model: Any, float_model: Any) -> Any:
             key = next((k for k in (f"{inner.name}/{suffix}", f"{layer.name}/{suffix}") if k in trained), None)
             if key is None:
                 raise QuantizationError(f"QAT layer '{inner.name}' has no weight '{suffix}'")
-            values.append(np.asarray(trained[key]))
+            grid = grids.get(inner.name)
+            values.append(grid.quantized if grid is not None and suffix == grid.weight else np.asarray(trained[key]))
         target.set_weights(values)
         copied += 1
     if copied == 0:
@@ -157,8 +270,8 @@ def qat_qdq_onnx(qat_model: Any, float_model: Any, image_size: int, pixels: np.n
     """Write QDQ ONNX of a QAT run to ``out_path`` (a temporary name is the caller's concern); return facts.
 
     ``pixels``: uint8 calibration images for the tensors tfmot left without a range;
-    ``preprocess`` maps them to model input. Weights are quantized symmetrically per channel, the grid
-    tfmot trained them on, stored as ``weight_type`` (uint8 with zero point 128 avoids the int16
+    ``preprocess`` maps them to model input. Weights are quantized symmetrically per channel on the
+    grids tfmot trained them on, stored as ``weight_type`` (uint8 with zero point 128 avoids the int16
     saturation of uint8 x int8 products on AVX2-only x86).
     """
     import onnx
@@ -167,7 +280,8 @@ def qat_qdq_onnx(qat_model: Any, float_model: Any, image_size: int, pixels: np.n
 
     from edgeft.export.onnx_tools import keras_to_onnx, pixel_reader
 
-    model = float_model_with_qat_weights(qat_model, float_model)
+    grids = qat_weight_grids(qat_model)
+    model = float_model_with_qat_weights(qat_model, float_model, grids)
     proto = keras_to_onnx(model, image_size, opset)
     overrides = tensor_overrides(proto, model.name, qat_activation_ranges(qat_model), input_name)
 
@@ -179,18 +293,21 @@ def qat_qdq_onnx(qat_model: Any, float_model: Any, image_size: int, pixels: np.n
             onnx.save(proto, str(float_out))
         try:
             quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
-            present = {v.name for v in onnx.load(str(prepared)).graph.value_info} | {input_name} | {
-                o for n in onnx.load(str(prepared)).graph.node for o in n.output}
-            table = {name: [{"rmin": np.float32(min(lo, 0.0)), "rmax": np.float32(max(hi, 0.0))}]
-                     for name, (lo, hi) in overrides.items() if name in present}
+            graph = onnx.load(str(prepared))
+            present = {v.name for v in graph.graph.value_info} | {input_name} | {o for n in graph.graph.node for o in n.output}
+            table: dict[str, list[dict[str, Any]]] = {
+                name: [{"rmin": np.float32(min(lo, 0.0)), "rmax": np.float32(max(hi, 0.0))}]
+                for name, (lo, hi) in overrides.items() if name in present}
+            kernels = weight_overrides(graph, model.name, grids, overrides,
+                                       128 if weights is QuantType.QUInt8 else 0) if symmetric_weights else {}
             quantize_static(str(prepared), str(out_path), pixel_reader(pixels, preprocess, input_name), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=weights,
                             calibrate_method=CalibrationMethod.MinMax,
-                            extra_options={"CalibTensorRangeSymmetric": False, "TensorQuantOverrides": table,
+                            extra_options={"CalibTensorRangeSymmetric": False, "TensorQuantOverrides": {**table, **kernels},
                                            "WeightSymmetric": symmetric_weights})
         except Exception as error:  # onnxruntime raises many types
             first = first_line(error)
             raise ExportError(f"ONNX int8 quantization with the QAT ranges failed: {first}") from None
     return {"converter": "QAT weights -> tf2onnx float -> onnxruntime quantize_static (QDQ, QAT ranges)",
-            "qat_ranges": len(overrides), "qat_ranges_applied": len(table), "weight_type": weights.name,
+            "qat_ranges": len(overrides), "qat_ranges_applied": len(table), "qat_weight_grids": len(kernels), "weight_type": weights.name,
             "symmetric_weights": symmetric_weights}
