@@ -22,11 +22,10 @@ from enum import Enum
 from typing import Any, List, Optional, Set, Tuple
 
 from .contract import DeviceError
-from .preprocess import resize_bilinear_numpy
+from .preprocess import reduction_factors, resize_bilinear_numpy
 
 # Decompression-bomb guard, raised from Pillow's default (89 Mpx) so that real 10000x10000 photos load.
 MAX_PIXELS = 400_000_000
-REDUCING_GAP = 3.0
 # Below this many source pixels per band, handing a band to another thread costs more than it saves.
 _MIN_BAND_SOURCE_PIXELS = 40_000
 _MIN_BAND_SPAN = 16  # output pixels across a band
@@ -151,8 +150,7 @@ def _reduce_as_pillow_does(image: Any, width: int, height: int) -> Tuple[Any, Tu
     (width, height) of the box left to resample in the reduced image (fractional when the size is not
     a multiple of the factor)."""
     source_width, source_height = image.size
-    factor_x = int(source_width / width / REDUCING_GAP) or 1
-    factor_y = int(source_height / height / REDUCING_GAP) or 1
+    factor_x, factor_y = reduction_factors(source_width, source_height, width, height)
     if factor_x > 1 or factor_y > 1:
         image = image.reduce((factor_x, factor_y))
     return image, (source_width / factor_x, source_height / factor_y)

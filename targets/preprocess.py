@@ -7,10 +7,10 @@ pixels land on one to one (one pixel step = one level, within half a level: Mobi
 app on the device feeds them; any other mapping is rounded half away from zero, as TFLite's own
 QUANTIZE op rounds (numpy's half-to-even would move every other pixel value down a level
 exactly where the pixels fall halfway between two levels). The resize is the one training
-uses: Pillow's bilinear filter (``reducing_gap=3.0``) when Pillow is installed, otherwise a numpy
-bilinear filter with Pillow's weights and fixed-point arithmetic (identical for a resize along one
-axis; within one grey level when both axes change, for downscale factors below 6 where Pillow's
-reducing gap does not come into play).
+uses: Pillow's bilinear filter (``reducing_gap=3.0``) when Pillow is installed, otherwise its numpy
+twin, pixel for pixel: Pillow's integer box reduction when the image is 6 or more times the input
+size along an axis (a camera frame), then the horizontal and the vertical bilinear pass with
+Pillow's weights and fixed-point arithmetic.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any, Dict, Optional, Tuple
 from .contract import DeviceError
 
 _PRECISION_BITS = 22  # Pillow's fixed-point precision for 8-bit resampling
+REDUCING_GAP = 3.0  # training's resize(..., reducing_gap=3.0): box-reduce first from 6x the size
 
 
 def prepare_input(images: Any, dtype: Any, quant: Tuple[float, int], sidecar: Optional[Dict[str, Any]],
@@ -121,26 +122,51 @@ def dequantize(raw: Any, quant: Tuple[float, int]) -> Any:
     return raw.astype(np.float32)
 
 
-def _coefficients(in_size: int, out_size: int) -> Any:
-    """Pillow's bilinear (triangle) filter weights as a fixed-point (out_size, in_size) matrix."""
+def _coefficients(in_size: int, out_size: int, span: Optional[float] = None) -> Any:
+    """Pillow's bilinear (triangle) filter weights as a fixed-point (out_size, in_size) matrix.
+
+    ``span``: the width of the source box from 0 (``in_size`` when None); after a box reduction
+    it is fractional, and Pillow takes it as a float32.
+    """
     import numpy as np
 
-    scale = in_size / out_size
+    scale = float(np.float32(in_size if span is None else span)) / out_size
     filterscale = max(scale, 1.0)
     support = filterscale  # the triangle filter's support is 1 pixel, widened when shrinking
+    reciprocal = 1.0 / filterscale
     matrix = np.zeros((out_size, in_size), np.int64)
     for out in range(out_size):
         center = (out + 0.5) * scale
         low = max(int(center - support + 0.5), 0)
         high = min(int(center + support + 0.5), in_size)
         taps = np.arange(low, high, dtype=np.float64)
-        weights = np.maximum(0.0, 1.0 - np.abs((taps - center + 0.5) / filterscale))
+        weights = np.maximum(0.0, 1.0 - np.abs((taps - center + 0.5) * reciprocal))
         total = weights.sum()
         if total:
             weights = weights / total
         fixed = weights * (1 << _PRECISION_BITS)
         matrix[out, low:high] = np.trunc(np.where(fixed < 0, fixed - 0.5, fixed + 0.5)).astype(np.int64)
     return matrix
+
+
+def _reduce_boxes(image: Any, factor_x: int, factor_y: int) -> Any:
+    """Pillow's ``Image.reduce((factor_x, factor_y))`` of a uint8 (H, W, C) image: each box's mean in
+    Pillow's fixed point, ``((sum + area // 2) * multiplier) >> 24`` with its float32 multiplier; the
+    last row and column of boxes average what is left of the image."""
+    import numpy as np
+
+    height, width, channels = image.shape
+    rows, columns = -(-height // factor_y), -(-width // factor_x)
+    padded = np.zeros((rows * factor_y, columns * factor_x, channels), np.uint64)
+    padded[:height, :width] = image
+    sums = padded.reshape(rows, factor_y, columns, factor_x, channels).sum(axis=(1, 3))
+    box_rows = np.full(rows, factor_y, np.uint64)
+    box_rows[-1] = height - (rows - 1) * factor_y
+    box_columns = np.full(columns, factor_x, np.uint64)
+    box_columns[-1] = width - (columns - 1) * factor_x
+    area = np.outer(box_rows, box_columns)
+    multiplier = (np.float32(2.0**32) / (area * 256).astype(np.float32)).astype(np.uint64)
+    return (((sums + (area // 2)[..., None]) * multiplier[..., None]) >> np.uint64(24)).astype(np.uint8)
 
 
 def _resample(image: Any, matrix: Any, axis: int) -> Any:
@@ -151,10 +177,19 @@ def _resample(image: Any, matrix: Any, axis: int) -> Any:
     return np.moveaxis(np.clip(summed >> _PRECISION_BITS, 0, 255).astype(np.uint8), -1, axis)
 
 
+def reduction_factors(source_width: int, source_height: int, width: int, height: int) -> Tuple[int, int]:
+    """Pillow's ``reducing_gap`` rule: the integer box-reduction factor per axis (1: none)."""
+    return int(source_width / width / REDUCING_GAP) or 1, int(source_height / height / REDUCING_GAP) or 1
+
+
 def resize_bilinear_numpy(image: Any, height: int, width: int) -> Any:
-    """One uint8 (H, W, C) image resized like Pillow's ``Image.resize(..., BILINEAR)``, horizontal pass first
-    as the decoder runs it (``targets.images``); without Pillow's ``reducing_gap`` box reduction."""
-    for axis, size in ((1, width), (0, height)):
-        if image.shape[axis] != size:
-            image = _resample(image, _coefficients(image.shape[axis], size), axis)
+    """One uint8 (H, W, C) image resized like Pillow's ``Image.resize(..., BILINEAR, reducing_gap=3.0)``,
+    horizontal pass first as the decoder runs it (``targets.images``), box reduction included."""
+    source_height, source_width = image.shape[:2]
+    factor_x, factor_y = reduction_factors(source_width, source_height, width, height)
+    if factor_x > 1 or factor_y > 1:
+        image = _reduce_boxes(image, factor_x, factor_y)
+    for axis, size, span in ((1, width, source_width / factor_x), (0, height, source_height / factor_y)):
+        if image.shape[axis] != size or span != image.shape[axis]:
+            image = _resample(image, _coefficients(image.shape[axis], size, span), axis)
     return image

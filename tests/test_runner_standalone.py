@@ -94,6 +94,29 @@ def test_the_one_file_app_classifies_the_cat_with_only_numpy_and_litert(
     assert json.loads(out.stdout)["top5"][0][0] in CAT_CLASSES
 
 
+@needs_model
+def test_a_camera_frame_gets_the_same_pixels_without_pillow(
+        app: Path, bare_python: tuple[list[str], dict[str, str]], tmp_path: Path) -> None:
+    """A 1640x1232 frame (over 6x the input: Pillow box-reduces it first) becomes the same 224x224 pixels in
+    the one-file app on a device without Pillow as on the host that validated the model, with Pillow."""
+    from PIL import Image
+
+    from edgeft.bench.device_app import PACKAGE_IN_APP
+    from edgeft.targets.images import load_image
+
+    rng = np.random.default_rng(0)
+    cat = Image.open(SHARED / "models" / "cat.bmp").convert("RGB").resize((1640, 1232), Image.Resampling.BICUBIC)
+    frame = np.clip(np.asarray(cat, np.int16) + rng.integers(-6, 7, (1232, 1640, 3)), 0, 255).astype(np.uint8)
+    np.save(tmp_path / "frame.npy", frame)
+    python, env = bare_python
+    script = (f"import sys; sys.path.insert(0, {str(app)!r}); import numpy as np; "
+              f"from {PACKAGE_IN_APP}.images import load_image; "
+              "np.save('pixels.npy', load_image(np.load('frame.npy'), (224, 224)))")
+    out = subprocess.run(python + ["-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "pixels.npy"), load_image(frame, (224, 224)))
+
+
 def test_the_one_file_app_doctor_runs_without_numpy_and_classify_says_what_is_missing(app: Path, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     out = subprocess.run([sys.executable, "-S", str(app), "doctor"], capture_output=True, text=True, env=env,
@@ -174,23 +197,26 @@ def test_sidecar_schema_is_checked(tmp_path: Path) -> None:
 
 
 def test_numpy_resize_matches_pillow_bilinear() -> None:
-    """The device layer without Pillow resizes in numpy: Pillow's two passes, horizontal first, exactly, where
-    Pillow's box reduction (a scale of 3 or more) does not apply; the numpy twin has no box reduction."""
+    """The device layer without Pillow resizes in numpy: Pillow's box reduction from 6x the input size (2x2,
+    3x3, 5x5, mixed and partial boxes), then its two passes, horizontal first, pixel for pixel."""
     from PIL import Image
 
     from edgeft.targets.images import load_image, resize_images
-    from edgeft.targets.preprocess import resize_bilinear_numpy
+    from edgeft.targets.preprocess import reduction_factors, resize_bilinear_numpy
 
     rng = np.random.default_rng(0)
+    reduced = 0
     for (h, w), (height, width) in [((100, 90), (64, 64)), ((40, 50), (64, 64)), ((375, 500), (224, 224)),
                                     ((96, 96), (32, 32)), ((300, 200), (224, 224)), ((1322, 630), (224, 224)),
-                                    ((700, 300), (96, 96))]:
+                                    ((700, 300), (96, 96)), ((723, 1283), (96, 96)), ((2001, 703), (96, 96)),
+                                    ((400, 400), (64, 64)), ((579, 579), (64, 64)), ((1003, 1003), (64, 64))]:
         image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         pillow = np.asarray(pillow_two_passes(Image.fromarray(image), width, height))
-        if int(h / height / 3.0) <= 1 and int(w / width / 3.0) <= 1:  # no box reduction (Pillow's rule)
-            np.testing.assert_array_equal(resize_bilinear_numpy(image, height, width), pillow, err_msg=str((h, w)))
+        reduced += reduction_factors(w, h, width, height) != (1, 1)
+        np.testing.assert_array_equal(resize_bilinear_numpy(image, height, width), pillow, err_msg=str((h, w)))
         assert np.array_equal(resize_images(image[None], height, width)[0], pillow)
         assert np.array_equal(load_image(image, (height, width)), pillow)
+    assert reduced == 6
 
 
 def test_profiles_install_the_pinned_runtimes() -> None:
