@@ -8,6 +8,7 @@ the Pi 4 profile), so each test keeps to a few.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -390,6 +391,43 @@ def _assert_device_pixels_are_the_hosts(argv: list[str], app: Path, tmp_path: Pa
     assert device["pillow"] == pillow and here["rows"] == device["rows"], (device, here)
     assert all(row["split"] and row["equal"] for row in device["rows"]), device
     assert len(device["files"]) == 6 and here["files"] == device["files"], (device["files"], here["files"])
+
+
+# Frames resized by the device layer in a Python without Pillow (the userland's runner Python: numpy and
+# the interpreters only): the numpy twin, box reduction included.
+FRAMES_WITHOUT_PILLOW = r'''
+import hashlib, importlib.util, json, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from targets.images import load_image
+assert importlib.util.find_spec("PIL") is None
+rng = np.random.default_rng(0)
+out = []
+for (height, width), size in (((1232, 1640), 224), ((723, 1283), 96), ((480, 640), 224)):
+    frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    out.append(hashlib.sha256(load_image(frame, (size, size)).tobytes()).hexdigest())
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("userland", [Userland.BOOKWORM, Userland.BULLSEYE])
+def test_device_without_pillow_resizes_camera_frames_to_the_hosts_pixels(userland: Userland, tmp_path: Path,
+                                                                         request: pytest.FixtureRequest) -> None:
+    """Frames of 6x the input size or more (box-reduced first) and a plain one, on the emulated Pi's aarch64 Python
+    without Pillow (3.11 with numpy 2, 3.9 with numpy 1.26): the pixels the host's Pillow gives."""
+    request.getfixturevalue(userland.value)
+    script = tmp_path / "frames.py"
+    script.write_text(FRAMES_WITHOUT_PILLOW)
+    done = subprocess.run(python_argv("cortex-a72", userland, EMULATED_DIR) + [str(script), str(REPO_ROOT)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    from edgeft.targets.images import load_image
+
+    rng = np.random.default_rng(0)
+    here = [hashlib.sha256(load_image(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), (size, size)).tobytes()).hexdigest()
+            for (height, width), size in (((1232, 1640), 224), ((723, 1283), 96), ((480, 640), 224))]
+    assert json.loads(done.stdout) == here
 
 
 @pytest.mark.slow
