@@ -211,8 +211,9 @@ def test_export_into_an_earlier_export(session_run_dir: Path, tmp_path: Path) ->
     from edgeft.bench.core import expand_artifacts
 
     out = tmp_path / "export"
+    # the accuracy gate is not under test: one of the 18 val images is 5.6 points (CI's run once lost one)
     earlier = run_edgeft("export", str(session_run_dir), "--formats", "tflite", "--dynamic", "--in-process",
-                         "--out", str(out))
+                         "--max-drop", "100", "--out", str(out))
     assert earlier.exit_code == 0, earlier.stderr[-2000:]
     before = _hashes(out)
     assert {"model_float32.tflite", "model_dynamic_range.tflite", "export_report.json"} <= set(before)

@@ -102,16 +102,15 @@ def test_qdq_onnx_carries_the_qat_scales(models: tuple[Any, Any, np.ndarray], tm
               if n.op_type == "QuantizeLinear" and n.input[0] == "tiny/dw_relu/Relu6:0"]
     assert scales and scales[0] == pytest.approx((relu.maximum - relu.minimum) / 255.0, rel=1e-4)
 
-    # the QDQ graph computes the QAT model's float function up to int8 noise (Keras' QAT graph itself
-    # quantizes the kernel before BatchNorm folding, so it is not the reference for the numerics)
-    from edgeft.export.onnx_qat import float_model_with_qat_weights
-
-    reference = np.asarray(float_model_with_qat_weights(qat, float_model)(_pre(pixels), training=False))
+    # the QDQ graph computes what the QAT model computes: its kernels on their trained grids, its activations
+    # on their ranges (max |difference| 0.019-0.040 measured; against the float copy, which has no activation
+    # rounding, 0.13-0.22)
+    reference = np.asarray(qat(_pre(pixels), training=False))
     runner = onnx_runner(out)
     outputs = np.concatenate([runner.predict(_pre(pixels[i : i + 1])) for i in range(len(pixels))])
     assert len(set(reference.argmax(1))) > 1  # not a constant model
     assert np.mean(outputs.argmax(1) == reference.argmax(1)) >= 0.9
-    assert np.max(np.abs(outputs - reference)) < 0.15
+    assert np.max(np.abs(outputs - reference)) < 0.1
 
 
 def test_float_model_gets_the_weights_of_a_saved_qat_model(models: tuple[Any, Any, np.ndarray],
