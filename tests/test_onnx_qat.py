@@ -232,3 +232,43 @@ def test_qdq_onnx_keeps_a_silent_channels_bias(tmp_path: Path) -> None:
     outputs = np.concatenate([runner.predict(_pre(pixels[i : i + 1])) for i in range(len(pixels))])
     # the silent channel adds 2.0 * 4.0 to the first logit; clipped, it would add about nothing
     np.testing.assert_allclose(outputs, reference, atol=0.05)
+
+
+def test_batchnorm_behind_a_1x1_feature_map_folds_into_its_convolution() -> None:
+    """tf2onnx leaves a BatchNormalization unfolded where a 1x1 feature map's layout change became a
+    no-op Reshape; unfolded, int8 rounds the convolution's output before BatchNorm and quantizes the
+    BatchNorm's scale as a weight. ``keras_to_onnx`` folds it as tf2onnx does elsewhere."""
+    import onnxruntime as ort
+    import tf2onnx
+
+    from edgeft.export.onnx_tools import keras_to_onnx
+    from edgeft.tfcompat import keras, tf
+
+    k = keras()
+    inputs = k.Input((8, 8, 3), name="image")
+    x = k.layers.Conv2D(8, 3, strides=4, padding="same", use_bias=False, name="c1")(inputs)  # 2x2
+    x = k.layers.BatchNormalization(name="c1_bn")(x)
+    x = k.layers.DepthwiseConv2D(3, strides=2, padding="same", use_bias=False, name="dw")(x)  # 1x1
+    x = k.layers.BatchNormalization(name="dw_bn")(x)
+    x = k.layers.Activation("swish", name="dw_swish")(x)
+    x = k.layers.Conv2D(6, 1, name="proj")(x)
+    x = k.layers.BatchNormalization(name="proj_bn")(x)
+    x = k.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = k.layers.Dense(3, activation="softmax", name="predictions")(x)
+    model = k.Model(inputs, outputs, name="tiny")
+    rng = np.random.default_rng(0)
+    for name in ("c1_bn", "dw_bn", "proj_bn"):
+        size = model.get_layer(name).get_weights()[0].size
+        model.get_layer(name).set_weights([rng.uniform(0.5, 2.0, size), rng.normal(size=size),
+                                           rng.normal(size=size), rng.uniform(0.5, 2.0, size)])
+    spec = (tf().TensorSpec((None, 8, 8, 3), tf().float32, name="image"),)
+    raw, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=17)
+    assert sum(node.op_type == "BatchNormalization" for node in raw.graph.node) == 2  # dw_bn and proj_bn
+
+    proto = keras_to_onnx(model, 8, 17)
+    assert [node.op_type for node in proto.graph.node].count("BatchNormalization") == 0
+    convs = {node.name.split("/")[1]: node for node in proto.graph.node if node.op_type == "Conv"}
+    assert convs["dw"].output[0].startswith("tiny/dw_bn/")  # the layer's output, where its QAT range is found
+    images = rng.normal(size=(4, 8, 8, 3)).astype(np.float32)
+    onnx_outputs = ort.InferenceSession(proto.SerializeToString()).run(None, {"image": images})[0]
+    np.testing.assert_allclose(onnx_outputs, np.asarray(model(images, training=False)), atol=1e-5)
