@@ -292,6 +292,8 @@ def doctor(artifacts: tuple[Path, ...], target: str, install: bool, as_json: boo
 @click.option("--learning-rate", type=float, default=1e-5, show_default=True)
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--weight-rounding", type=click.Choice(["adaptive", "nearest"]), default="adaptive", show_default=True,
+              help="The weights QAT starts from: rounded for each layer's output on tfmot's grids, or to nearest.")
 @click.option("--force", is_flag=True, help="Overwrite a complete run in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="QAT run directory to write.")

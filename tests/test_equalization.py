@@ -178,3 +178,33 @@ def test_tflite_converter_keeps_the_adaptive_rounding(tiny_model: Any) -> None:
     original = eq.fold(np.asarray(tiny_model.get_layer("dw").get_weights()[0], np.float64),
                        _bn(tiny_model.get_layer("dw_bn")), True)[..., 0].reshape(-1, 8).T
     assert np.any(stored != np.round(original / scales[:, None]))  # not what nearest rounding gives
+
+
+def test_qat_quantizers_keep_the_adaptive_rounding_on_tfmots_grids(tiny_model: Any) -> None:
+    """QAT starts from adaptively rounded weights: tfmot's fake quantizers (Conv2D kernels per channel, the
+    depthwise kernel per tensor, both before BatchNorm folding) give back exactly the chosen steps. On the
+    converter's grids (depthwise per channel, BatchNorm folded) tfmot would round the depthwise kernel again."""
+    from edgeft.export.onnx_qat import qat_weight_grids
+    from edgeft.quantization.qat import quantize_flat_model
+    from edgeft.quantization.rounding import adaptive_rounding
+
+    pixels = np.random.default_rng(6).integers(0, 256, (12, SIZE, SIZE, 3), dtype=np.uint8)
+
+    def fake_quantized(model: Any) -> dict[str, np.ndarray]:
+        qat = quantize_flat_model(model)
+        qat(_pre(pixels[:2]), training=True)  # the kernels' ranges come from a training step
+        return {name: grid.quantized for name, grid in qat_weight_grids(qat).items()}
+
+    rounded, result = adaptive_rounding(tiny_model, pixels, _pre, qat_grids=True)
+    assert result.layers == 3 and result.flipped > 0 and result.error_ratio < 1.0
+    quantized = fake_quantized(rounded)
+    for name in ("c1", "dw", "proj"):
+        chosen = rounded.get_layer(name).get_weights()[0]
+        np.testing.assert_allclose(quantized[name], chosen, rtol=0, atol=1e-5 * np.abs(chosen).max(), err_msg=name)
+    original = np.asarray(tiny_model.get_layer("dw").get_weights()[0], np.float64)
+    step = np.abs(original).max() / 127.0  # one step for the whole depthwise kernel
+    assert np.any(np.rint(rounded.get_layer("dw").get_weights()[0] / step) != np.rint(original / step))
+
+    on_converter_grids, _ = adaptive_rounding(tiny_model, pixels, _pre)
+    chosen = on_converter_grids.get_layer("dw").get_weights()[0]
+    assert not np.allclose(fake_quantized(on_converter_grids)["dw"], chosen, rtol=0, atol=1e-5 * np.abs(chosen).max())

@@ -38,6 +38,18 @@ def test_qat_run_directory_has_the_run_shape(qat_run: Path, tmp_path_factory: py
     assert any(type(layer).__name__.startswith("QuantizeWrapper") for layer in model.layers)
     # QAT keeps the float model's accuracy within a few points on this easy set
     assert metrics["val_accuracy"] >= metrics["float_val_accuracy"] - 0.12
+    # it started from weights adaptively rounded on tfmot's grids (the default), and says so
+    assert run.manifest.hyperparameters["qat_weight_rounding"] == "adaptive"
+    rounding = run.manifest.extra["quantization"]["weight_rounding"]
+    assert rounding["layers"] == 52 and 0 < rounding["flipped_weights"] < rounding["weights"]  # every conv
+
+
+def test_qat_refuses_an_unknown_weight_rounding(tmp_path: Path) -> None:
+    from edgeft.errors import UsageError
+    from edgeft.quantization.qat import QATConfig
+
+    with pytest.raises(UsageError, match="unknown --weight-rounding 'up'; choose from: adaptive, nearest"):
+        QATConfig(tmp_path / "run", tmp_path / "qat", weight_rounding="up")  # type: ignore[arg-type]
 
 
 def test_qat_export_int8_keeps_trained_ranges(qat_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

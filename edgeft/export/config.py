@@ -11,7 +11,8 @@ from pathlib import Path
 
 from edgeft.errors import UsageError
 from edgeft.export.formats import format_names, get_exporter
-from edgeft.export.spec import ArtifactSpec, Format, IODtype, OnnxWeights, Precision, Source, WeightRounding
+from edgeft.export.spec import ArtifactSpec, Format, IODtype, OnnxWeights, Precision, Source
+from edgeft.quantization.rounding import WeightRounding
 
 __all__ = ["ArtifactSpec", "ExportConfig", "Format", "IODtype", "OnnxWeights", "Precision", "Source", "WeightRounding",
            "parse_formats"]

@@ -48,18 +48,6 @@ class OnnxWeights(str, Enum):
     INT8_7BIT = "int8_7bit"
 
 
-class WeightRounding(str, Enum):
-    """How post-training int8 rounds weights to their grid.
-
-    ``adaptive`` (default): per layer, the rounding that lowers the layer's output error on
-    calibration images (:mod:`edgeft.quantization.rounding`), written into the model before
-    conversion, so the artifact stays full-integer. ``nearest``: the converters' own rounding.
-    """
-
-    ADAPTIVE = "adaptive"
-    NEAREST = "nearest"
-
-
 class Source(str, Enum):
     """Where an artifact's numbers come from: the float model, post-training quantization, or QAT."""
 

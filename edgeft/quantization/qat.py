@@ -22,6 +22,7 @@ import numpy as np
 
 from edgeft.errors import QuantizationError, RunDirError, UsageError
 from edgeft.progress import log
+from edgeft.quantization.rounding import WeightRounding
 
 if TYPE_CHECKING:
     from edgeft.run.rundir import RunDir, RunManifest
@@ -38,8 +39,14 @@ class QATConfig:
     batch_size: int = 16
     seed: int = 0
     force: bool = False
+    weight_rounding: WeightRounding = WeightRounding.ADAPTIVE  # of the weights QAT starts from
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "weight_rounding", WeightRounding(self.weight_rounding))
+        except ValueError:
+            raise UsageError(f"unknown --weight-rounding '{self.weight_rounding}'; choose from: "
+                             + ", ".join(w.value for w in WeightRounding)) from None
         if self.epochs < 0:
             raise UsageError(f"--epochs must be >= 0, got {self.epochs}")
         if self.learning_rate <= 0:
@@ -215,7 +222,7 @@ def _qat_run(config: QATConfig, run: RunDir, work: Path, started: float) -> dict
     float_accuracy = _accuracy(model, data.x_val, data.y_val, config.batch_size)
     log(f"qat: float model val accuracy {float_accuracy:.4f}; annotating {len(model.layers)} layers")
     interrupts.advise(_qat_advice(config, "while annotating the model for QAT"))
-    qat_model = _prepare_qat_model(model, config, data)
+    qat_model, rounding = _prepare_qat_model(model, config, data)
     interrupts.advise(_qat_advice(config, "during QAT fine-tuning"))
     before = _accuracy(qat_model, data.x_val, data.y_val, config.batch_size)
     log(f"qat: fake-quantized model before fine-tuning: val accuracy {before:.4f}; {config.epochs} epoch(s) "
@@ -226,7 +233,7 @@ def _qat_run(config: QATConfig, run: RunDir, work: Path, started: float) -> dict
                    wall_s=round(time.monotonic() - started, 2))
     log(f"qat: val accuracy {metrics['val_accuracy']:.4f} (float {float_accuracy:.4f})")
     interrupts.advise(_qat_advice(config, "while writing the QAT run"))
-    write_run_dir(work, qat_model, _qat_manifest(run, config, model), metrics, history,
+    write_run_dir(work, qat_model, _qat_manifest(run, config, model, rounding), metrics, history,
                   model_format=ModelFormat.HDF5)
     return {"run_dir": str(config.out_dir), "parent_run": str(run.path), "backbone": run.manifest.backbone,
             "image_size": run.manifest.image_size, "epochs": config.epochs, "learning_rate": config.learning_rate,
@@ -281,10 +288,21 @@ def _load_data(run: RunDir) -> QATData:
                    manifest.preprocessing.apply(val.images), val.labels)
 
 
-def _prepare_qat_model(model: Any, config: QATConfig, data: QATData) -> Any:
-    """Annotate, quantize and compile the float model; set the quantizers' ranges from training data."""
+def _prepare_qat_model(model: Any, config: QATConfig, data: QATData) -> tuple[Any, dict[str, Any] | None]:
+    """Round (``--weight-rounding adaptive``), annotate, quantize and compile the float model; set the
+    quantizers' ranges from training data. Returns the QAT model and what the rounding changed."""
+    from edgeft.quantization.rounding import adaptive_rounding
     from edgeft.tfcompat import keras
 
+    rounding = None
+    if config.weight_rounding is WeightRounding.ADAPTIVE:
+        # Start on tfmot's own grids with the rounding that keeps each layer's output: from nearest
+        # rounding the fake-quantized model began 0.3-4.6 points below float on three sets, and 3 epochs
+        # at 1e-5 did not win that back. Small updates keep each weight on the level chosen here.
+        model, result = adaptive_rounding(model, data.x_train, _preprocessed, qat_grids=True, seed=config.seed)
+        rounding = result.to_dict()
+        log(f"qat: weights start adaptively rounded on tfmot's grids ({result.flipped} of {result.weights} "
+            f"off nearest in {result.layers} layers; layer output error x{result.error_ratio:.2f})")
     # QAT adapts the weights to the quantization grid: every layer trains (a head-only float run froze the
     # backbone), except BatchNormalization, which stays frozen in inference mode with its statistics.
     for layer in model.layers:
@@ -294,7 +312,12 @@ def _prepare_qat_model(model: Any, config: QATConfig, data: QATData) -> Any:
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     used = initialize_ranges(qat_model, data.x_train, seed=config.seed)
     log(f"qat: quantization ranges initialised from {used} training batches")
-    return qat_model
+    return qat_model, rounding
+
+
+def _preprocessed(images: np.ndarray) -> np.ndarray:
+    """The rounding's input hook: QAT's images are already preprocessed."""
+    return images
 
 
 def epoch_line(name: str, epoch: int, epochs: int, logs: dict[str, Any], seconds: float) -> str:
@@ -340,19 +363,22 @@ def _metrics(qat_model: Any, config: QATConfig, data: QATData, class_names: tupl
             "wall_s": None}
 
 
-def _qat_manifest(run: RunDir, config: QATConfig, model: Any) -> RunManifest:
-    """The float run's manifest, marked as a QAT run of it with the QAT hyperparameters."""
+def _qat_manifest(run: RunDir, config: QATConfig, model: Any, rounding: dict[str, Any] | None) -> RunManifest:
+    """The float run's manifest, marked as a QAT run of it with the QAT hyperparameters and the rounding
+    its weights started from."""
     from edgeft.tfcompat import package_versions
 
     manifest = run.manifest
     return replace(
         manifest, kind="qat", parent_run=str(run.path.resolve()),
         hyperparameters={"qat_epochs": config.epochs, "qat_learning_rate": config.learning_rate,
-                         "qat_batch_size": config.batch_size, "parent": manifest.hyperparameters},
+                         "qat_batch_size": config.batch_size, "qat_weight_rounding": config.weight_rounding.value,
+                         "parent": manifest.hyperparameters},
         seed=config.seed, versions=package_versions(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         extra=dict(manifest.extra, quantization={"scheme": "tfmot default 8-bit",
-                                                 "output_quantized_layers": _output_quantized(model)}),
+                                                 "output_quantized_layers": _output_quantized(model),
+                                                 "weight_rounding": rounding}),
     )
 
 

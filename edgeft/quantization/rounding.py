@@ -34,6 +34,18 @@ POSITIONS_PER_IMAGE = 512  # patch positions sampled per image and layer (keeps 
 SWEEPS = 4
 
 
+class WeightRounding(str, Enum):
+    """How int8 weights are rounded to their grid (post-training int8, and the weights QAT starts from).
+
+    ``adaptive`` (default): per layer, the rounding that lowers the layer's output error on
+    calibration images (:func:`adaptive_rounding`), written into the model, so the converter or
+    tfmot's quantizer takes exactly those steps. ``nearest``: the converters' and tfmot's own rounding.
+    """
+
+    ADAPTIVE = "adaptive"
+    NEAREST = "nearest"
+
+
 class WeightGrid(str, Enum):
     """The per-channel weight grid a converter uses."""
 
@@ -58,36 +70,46 @@ class RoundingResult:
                 "layer_error_ratio": round(self.error_ratio, 4)}
 
 
-def channel_grid(weights: np.ndarray, grid: WeightGrid) -> tuple[np.ndarray, float, float]:
-    """Per row of ``weights`` (channels, n): the scale; and the lowest and highest level (zero point removed)."""
+def channel_grid(weights: np.ndarray, grid: WeightGrid, per_tensor: bool = False) -> tuple[np.ndarray, float, float]:
+    """Per row of ``weights`` (channels, n): the scale; and the lowest and highest level (zero point removed).
+
+    ``per_tensor``: every row gets the scale of the largest weight of all (tfmot's grid for depthwise
+    kernels in QAT).
+    """
     peak = np.max(np.abs(np.asarray(weights, np.float64)), axis=1)
+    if per_tensor:
+        peak = np.full_like(peak, peak.max())
     if grid == WeightGrid.INT8_SYMMETRIC:
         return np.where(peak > 0, peak / 127.0, 1.0), -127.0, 127.0
     return np.where(peak > 0, peak / 127.5, 1.0), -128.0, 127.0
 
 
-def nearest(weights: np.ndarray, grid: WeightGrid) -> np.ndarray:
-    """``weights`` (channels, n) rounded to the nearest point of each channel's grid."""
-    scale, low, high = channel_grid(weights, grid)
+def nearest(weights: np.ndarray, grid: WeightGrid, per_tensor: bool = False) -> np.ndarray:
+    """``weights`` (channels, n) rounded to the nearest point of each channel's grid (``per_tensor``: one
+    grid for all channels)."""
+    scale, low, high = channel_grid(weights, grid, per_tensor)
     return np.clip(np.round(weights / scale[:, None]), low, high) * scale[:, None]
 
 
 def round_channels(weights: np.ndarray, second_moment: np.ndarray, grid: WeightGrid,
-                   sweeps: int = SWEEPS) -> tuple[np.ndarray, int]:
+                   sweeps: int = SWEEPS, per_tensor: bool = False) -> tuple[np.ndarray, int]:
     """Grid values for ``weights`` (channels, n) that lower ``dW^T G dW`` per channel; flipped count.
 
     ``second_moment``: ``G``, (n, n) shared by every channel or (channels, n, n) one per channel.
+    ``per_tensor``: one grid for every channel (:func:`channel_grid`).
     """
     weights = np.asarray(weights, np.float64)
-    scale, low, high = channel_grid(weights, grid)
+    scale, low, high = channel_grid(weights, grid, per_tensor)
     exact = weights / scale[:, None]
     levels = np.clip(np.round(exact), low, high)
     start = levels.copy()
     other = np.where(exact >= levels, levels + 1, levels - 1)  # the other neighbour of each weight
     movable = (other >= low) & (other <= high) & (np.abs(exact - levels) > 1e-9)
-    rows = np.arange(len(weights))
-    extreme = np.zeros_like(movable)
-    extreme[rows, np.argmax(np.abs(exact), axis=1)] = True  # it fixes the scale: the converter rounds it
+    extreme = np.zeros_like(movable)  # the weight that fixes a scale keeps its value: the quantizer rounds it
+    if per_tensor:
+        extreme.flat[np.argmax(np.abs(exact))] = True
+    else:
+        extreme[np.arange(len(weights)), np.argmax(np.abs(exact), axis=1)] = True
     movable &= ~extreme
     shared = second_moment.ndim == 2
     moment = np.asarray(second_moment, np.float64)
@@ -169,13 +191,16 @@ def _bn_multiplier(layer: Any) -> np.ndarray:
 
 def adaptive_rounding(model: Any, pixels: np.ndarray, preprocess: Callable[[np.ndarray], np.ndarray],
                       grid: WeightGrid = WeightGrid.INT8_SYMMETRIC, samples: int = DEFAULT_SAMPLES,
-                      batch: int = 8, seed: int = 0, skip: Sequence[str] = ()) -> tuple[Any, RoundingResult]:
+                      batch: int = 8, seed: int = 0, skip: Sequence[str] = (),
+                      qat_grids: bool = False) -> tuple[Any, RoundingResult]:
     """A copy of ``model`` whose convolution kernels sit on ``grid`` with output-aware rounding.
 
     ``pixels`` are uint8 calibration images; the first ``samples`` give each layer's input
     statistics (measured in the float model). Layers: every Conv2D and DepthwiseConv2D (with the
     BatchNorm that follows folded in for the rounding, as the converters fold it) except those named
-    in ``skip`` (layers kept in float).
+    in ``skip`` (layers kept in float). ``qat_grids``: the grids tfmot's QAT puts the kernels on
+    instead, each before BatchNorm folding, depthwise kernels per tensor (Conv2D kernels per channel
+    get the same levels either way: folding scales a channel and its step alike).
     """
     from edgeft.tfcompat import keras
 
@@ -207,16 +232,17 @@ def adaptive_rounding(model: Any, pixels: np.ndarray, preprocess: Callable[[np.n
         weights = layer.get_weights()
         kernel = np.asarray(weights[0], np.float64)
         depthwise = _kind(layer) == "DepthwiseConv2D"
-        multiplier = _bn_multiplier(copy.get_layer(bn_after[layer.name])) if layer.name in bn_after \
+        per_tensor = qat_grids and depthwise
+        multiplier = _bn_multiplier(copy.get_layer(bn_after[layer.name])) if layer.name in bn_after and not per_tensor \
             else np.ones(kernel.shape[2] if depthwise else kernel.shape[3])
         moment = moments[layer.name] / max(counts[layer.name], 1)
         if depthwise:  # (kh, kw, C, 1) -> rows (C, taps)
             rows = (kernel[..., 0] * multiplier).reshape(-1, kernel.shape[2]).T
         else:  # (kh, kw, in, out) -> rows (out, kh*kw*in)
             rows = (kernel * multiplier).reshape(-1, kernel.shape[3]).T
-        values, count = round_channels(rows, moment, grid)
-        before += layer_error(rows, nearest(rows, grid), moment)
-        after += layer_error(rows, nearest(values, grid), moment)
+        values, count = round_channels(rows, moment, grid, per_tensor=per_tensor)
+        before += layer_error(rows, nearest(rows, grid, per_tensor), moment)
+        after += layer_error(rows, nearest(values, grid, per_tensor), moment)
         flipped += count
         total += rows.size
         if depthwise:
