@@ -70,15 +70,15 @@ def test_efficientnet_qat_int8_agrees_with_the_qat_model(tmp_path: Path) -> None
                                                                      export / "model_int8.onnx")
     clear = clear_lead(qat_probs, CLEAR_LEAD)
     assert clear.sum() >= MIN_CLEAR_IMAGES, f"only {clear.sum()} images with a clear lead"
-    for name, probs in (("tflite", int8_probs), ("onnx", onnx_probs)):
-        agree = qat_probs.argmax(axis=1) == probs.argmax(axis=1)
-        assert agree[clear].all(), f"{name}: {(~agree[clear]).sum()} of {clear.sum()} clear images disagree"
-        assert np.abs(probs - qat_probs).mean() <= MAX_MEAN_PROBABILITY_DIFF, name
-    tflite_diff, onnx_diff = (float(np.abs(p - qat_probs).mean()) for p in (int8_probs, onnx_probs))
-    assert onnx_diff <= MAX_ONNX_TO_TFLITE_DIFF_RATIO * tflite_diff + 0.002, (onnx_diff, tflite_diff)
+    outputs = {"tflite": int8_probs, "onnx": onnx_probs}
+    agree = {name: qat_probs.argmax(axis=1) == probs.argmax(axis=1) for name, probs in outputs.items()}
+    diff = {name: float(np.abs(probs - qat_probs).mean()) for name, probs in outputs.items()}
+    for name in outputs:
+        assert agree[name][clear].all(), f"{name}: {(~agree[name][clear]).sum()} of {clear.sum()} clear images disagree"
+        assert diff[name] <= MAX_MEAN_PROBABILITY_DIFF, diff
+    assert diff["onnx"] <= MAX_ONNX_TO_TFLITE_DIFF_RATIO * diff["tflite"] + 0.002, diff
     assert "BatchNormalization" not in {node.op_type for node in onnx.load(str(export / "model_int8.onnx")).graph.node}
-    agree = qat_probs.argmax(axis=1) == int8_probs.argmax(axis=1)
-    assert int8["agreement"] == pytest.approx(agree.mean())  # the report measures the same thing
+    assert int8["agreement"] == pytest.approx(agree["tflite"].mean())  # the report measures the same thing
     assert int8["size_bytes"] <= 0.32 * 16_000_000  # EfficientNet-B0 float32 TFLite is about 16 MB
     edgetpu = next(a for a in report["artifacts"] if a["format"] == "edgetpu")
     assert edgetpu["details"]["full_integer"] and edgetpu["details"]["static_shapes"]
