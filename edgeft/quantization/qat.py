@@ -291,7 +291,7 @@ def _load_data(run: RunDir) -> QATData:
 def _prepare_qat_model(model: Any, config: QATConfig, data: QATData) -> tuple[Any, dict[str, Any] | None]:
     """Round (``--weight-rounding adaptive``), annotate, quantize and compile the float model; set the
     quantizers' ranges from training data. Returns the QAT model and what the rounding changed."""
-    from edgeft.quantization.rounding import adaptive_rounding
+    from edgeft.quantization.rounding import DEFAULT_SAMPLES, adaptive_rounding
     from edgeft.tfcompat import keras
 
     rounding = None
@@ -299,7 +299,9 @@ def _prepare_qat_model(model: Any, config: QATConfig, data: QATData) -> tuple[An
         # Start on tfmot's own grids with the rounding that keeps each layer's output: from nearest
         # rounding the fake-quantized model began 0.3-4.6 points below float on three sets, and 3 epochs
         # at 1e-5 did not win that back. Small updates keep each weight on the level chosen here.
-        model, result = adaptive_rounding(model, data.x_train, _preprocessed, qat_grids=True, seed=config.seed)
+        # a seeded sample of the whole split: its first images are often all of one class
+        sample = np.sort(np.random.default_rng(config.seed).permutation(len(data.x_train))[:DEFAULT_SAMPLES])
+        model, result = adaptive_rounding(model, data.x_train[sample], _preprocessed, qat_grids=True, seed=config.seed)
         rounding = result.to_dict()
         log(f"qat: weights start adaptively rounded on tfmot's grids ({result.flipped} of {result.weights} "
             f"off nearest in {result.layers} layers; layer output error x{result.error_ratio:.2f})")
