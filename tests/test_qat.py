@@ -44,12 +44,19 @@ def test_qat_run_directory_has_the_run_shape(qat_run: Path, tmp_path_factory: py
     assert rounding["layers"] == 52 and 0 < rounding["flipped_weights"] < rounding["weights"]  # every conv
 
 
-def test_qat_refuses_an_unknown_weight_rounding(tmp_path: Path) -> None:
+def test_qat_refuses_an_unknown_weight_rounding(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edgeft.cli import main
     from edgeft.errors import UsageError
     from edgeft.quantization.qat import QATConfig
 
-    with pytest.raises(UsageError, match="unknown --weight-rounding 'up'; choose from: adaptive, nearest"):
+    with pytest.raises(UsageError, match="^unknown --weight-rounding 'up'; choose from: adaptive, nearest$"):
         QATConfig(tmp_path / "run", tmp_path / "qat", weight_rounding="up")  # type: ignore[arg-type]
+    assert QATConfig(tmp_path / "run", tmp_path / "qat").weight_rounding.value == "adaptive"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["qat", str(tmp_path), "--weight-rounding", "up", "--out", str(tmp_path / "qat")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err and not (tmp_path / "qat").exists()
+    assert "Invalid value for '--weight-rounding': 'up' is not one of 'adaptive', 'nearest'" in err
 
 
 def test_qat_export_int8_keeps_trained_ranges(qat_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
